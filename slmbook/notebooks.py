@@ -1,0 +1,310 @@
+"""Run the chapter notebooks headless and check their conventions: one tool for readers, CI and authors.
+
+    python -m slmbook.notebooks list                       # chapters, written or missing
+    python -m slmbook.notebooks run                        # every notebook, quick mode -> executed/
+    python -m slmbook.notebooks run 07 -p device cuda      # one chapter with a parameter changed
+    python -m slmbook.notebooks run 07 --inplace           # refresh the committed outputs
+    python -m slmbook.notebooks check                      # conventions of every notebook
+    python -m slmbook.notebooks new 07                     # scaffold a chapter notebook
+
+Conventions (checked by `check` and by tests/test_notebook_conventions.py): the file is named after its
+chapter (`slmbook.chapters`); cell 1 is the markdown title "# Chapter N · Title"; cell 2 is the set-up
+cell below, verbatim; exactly one code cell is tagged `parameters` and assigns only literal defaults
+that run the chapter on 2 CPU cores in about a minute; the notebook seeds its random generators
+(`seed_everything`); every code cell was executed in order, outputs are stored, and none is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+from slmbook.chapters import CHAPTERS, Chapter, chapter
+
+SETUP_CELL = '''\
+# Set-up. On Google Colab this installs slmbook (with its data) from GitHub; on your machine or on
+# Binder the package is installed already (see the README) and this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "slmbook @ git+https://github.com/{repository}@{branch}"], check=True)
+
+%matplotlib inline'''
+
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised an error while it ran."""
+
+
+def setup_cell_source() -> str:
+    from slmbook.chapters import BRANCH, REPOSITORY
+
+    return SETUP_CELL.format(repository=REPOSITORY, branch=BRANCH)
+
+
+def notebooks_dir() -> Path:
+    """The repository's notebooks/ folder (next to the package in a source checkout)."""
+    here = Path(__file__).resolve().parent.parent / "notebooks"
+    if here.is_dir():
+        return here
+    cwd = Path.cwd() / "notebooks"
+    if cwd.is_dir():
+        return cwd
+    raise FileNotFoundError(
+        "no notebooks/ folder found next to slmbook or in the current directory; "
+        "run from a clone of the repository"
+    )
+
+
+def existing() -> list[Chapter]:
+    """Chapters whose notebook exists, in order."""
+    folder = notebooks_dir()
+    return [ch for ch in CHAPTERS if (folder / ch.notebook).is_file()]
+
+
+def missing() -> list[Chapter]:
+    folder = notebooks_dir()
+    return [ch for ch in CHAPTERS if not (folder / ch.notebook).is_file()]
+
+
+def resolve(key: str) -> Path:
+    """Path of a chapter's notebook from '7', '07', a notebook name or a path; clear error otherwise."""
+    path = Path(key)
+    if path.suffix == ".ipynb" and path.is_file():
+        return path
+    ch = chapter(path.name)
+    target = notebooks_dir() / ch.notebook
+    if not target.is_file():
+        raise ValueError(f"notebook={key!r}: chapter {ch.number} ({ch.notebook}) is not written yet")
+    return target
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def parameters(path: Path) -> dict:
+    """Name -> default value of the notebook's `parameters` cell (literal assignments only)."""
+    cells = [c for c in _read(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{path.name}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    values = {}
+    for node in ast.parse(_source(cells[0])).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ValueError(f"{path.name}: the parameters cell may only hold `name = literal` lines, "
+                             f"found: {ast.unparse(node)!r}")
+        try:
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ValueError(f"{path.name}: parameter {node.targets[0].id} must have a literal default, "
+                             f"found {ast.unparse(node.value)!r}") from None
+    return values
+
+
+def parse_value(text: str):
+    """A command-line value: a Python literal if it parses as one (3, 0.1, True, None), else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def check_parameters(path: Path, given: dict) -> dict:
+    """Validate overrides against the notebook's defaults: known names, compatible types."""
+    defaults = parameters(path)
+    checked = {}
+    for name, value in given.items():
+        if name not in defaults:
+            raise ValueError(f"parameter {name!r} is not a parameter of {path.name}; "
+                             f"allowed: {sorted(defaults)}")
+        default = defaults[name]
+        ok = (default is None or value is None or type(value) is type(default)
+              or (type(default) is float and type(value) is int))
+        if not ok:
+            raise TypeError(f"parameter {name}={value!r} has type {type(value).__name__}, but {path.name} "
+                            f"expects {type(default).__name__} (default {default!r})")
+        checked[name] = float(value) if type(default) is float and type(value) is int else value
+    return checked
+
+
+def run(keys=None, params: dict | None = None, out_dir: str | Path = "executed", inplace: bool = False,
+        kernel: str = "python3", timeout: int = 1800) -> list[Path]:
+    """Execute notebooks with papermill (quick-mode defaults unless `params` override them).
+
+    Writes executed copies to `out_dir`, or with `inplace=True` refreshes the committed outputs
+    (then overrides are refused: the committed notebook must show the defaults).
+    """
+    import papermill
+
+    paths = [resolve(str(k)) for k in keys] if keys else [notebooks_dir() / ch.notebook for ch in existing()]
+    params = dict(params or {})
+    if inplace and params:
+        raise ValueError("--inplace stores the committed outputs, which must come from the defaults: "
+                         "drop the -p overrides or write to --out")
+    if not isinstance(timeout, int) or timeout < 1:
+        raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
+    checked = {path: check_parameters(path, params) for path in paths}  # all errors before any run
+    written = []
+    for path in paths:
+        target = path if inplace else Path(out_dir) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        print(f"running {path.name} ...", flush=True)
+        try:
+            papermill.execute_notebook(
+                str(path), str(target), parameters=checked[path], kernel_name=kernel,
+                cwd=str(path.parent), progress_bar=False, execution_timeout=timeout,
+            )
+        except papermill.PapermillExecutionError as error:
+            raise NotebookFailed(f"{path.name}: cell {error.exec_count} raised {error.ename}: {error.evalue} "
+                                 f"(the executed copy with the traceback is {target})") from None
+        if inplace:
+            _strip_run_metadata(target)
+        print(f"  wrote {target} in {time.perf_counter() - start:.1f} s", flush=True)
+        written.append(target)
+    return written
+
+
+def _strip_run_metadata(path: Path) -> None:
+    """Drop papermill's timestamps so a refreshed notebook differs from the last only where outputs do."""
+    nb = _read(path)
+    nb["metadata"].pop("papermill", None)
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check(path: Path) -> list[str]:
+    """Problems with a notebook's conventions (empty when it follows them all)."""
+    path = Path(path)
+    problems = []
+    try:
+        ch = chapter(path.name)
+    except ValueError:
+        return [f"{path.name}: not named after a chapter (expected one of {[c.notebook for c in CHAPTERS]})"]
+    if path.name != ch.notebook:
+        problems.append(f"{path.name}: chapter {ch.number}'s notebook must be named {ch.notebook}")
+    try:
+        nb = _read(path)
+    except json.JSONDecodeError as error:
+        return [f"{path.name}: not valid JSON ({error})"]
+    cells = nb.get("cells", [])
+    code = [c for c in cells if c.get("cell_type") == "code"]
+    if not cells or cells[0].get("cell_type") != "markdown" or not _source(cells[0]).startswith(f"# Chapter {ch.number} "):
+        problems.append(f"{path.name}: the first cell must be markdown starting '# Chapter {ch.number} · {ch.title}'")
+    if len(cells) < 2 or cells[1].get("cell_type") != "code" or _source(cells[1]).strip() != setup_cell_source().strip():
+        problems.append(f"{path.name}: the second cell must be the set-up cell (slmbook.notebooks.SETUP_CELL)")
+    try:
+        parameters(path)
+    except ValueError as error:
+        problems.append(str(error))
+    if not any("seed_everything(" in _source(c) for c in code):
+        problems.append(f"{path.name}: no fixed seed (call slmbook.env.seed_everything(seed))")
+    counts = [c.get("execution_count") for c in code if _source(c).strip()]
+    if any(n is None for n in counts):
+        problems.append(f"{path.name}: {sum(n is None for n in counts)} code cell(s) have no stored execution; "
+                        f"run `python -m slmbook.notebooks run {ch.number:02d} --inplace`")
+    elif counts != list(range(1, len(counts) + 1)):
+        problems.append(f"{path.name}: cells were not executed top to bottom in one run (execution counts {counts})")
+    if not any(c.get("outputs") for c in code):
+        problems.append(f"{path.name}: no stored outputs")
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    if errors:
+        problems.append(f"{path.name}: {len(errors)} stored error output(s): {errors[0].get('ename')}")
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
+    if kernel != "python3":
+        problems.append(f"{path.name}: kernelspec must be 'python3', found {kernel!r}")
+    return problems
+
+
+def new(key) -> Path:
+    """Scaffold chapter `key`'s notebook: title, set-up cell, parameters cell, seed cell."""
+    import nbformat
+
+    ch = chapter(key)
+    target = notebooks_dir() / ch.notebook
+    if target.exists():
+        raise FileExistsError(f"{target} exists already; edit it instead")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell(
+        "# Parameters (papermill). The defaults run this chapter on 2 CPU cores in about a minute.\n"
+        "# For the full version: device = \"auto\" (uses a GPU when there is one) and larger sizes.\n"
+        "device = \"cpu\"\nseed = 0")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# Chapter {ch.number} · {ch.title}\n\nWhat you will see: {ch.sees}."),
+        nbformat.v4.new_code_cell(setup_cell_source()),
+        params,
+        nbformat.v4.new_code_cell("from slmbook.env import pick_device, seed_everything\n\n"
+                                  "seed_everything(seed)\ndevice = pick_device(device)"),
+    ]
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"
+    nbformat.write(nb, str(target))
+    return target
+
+
+def _main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slmbook.notebooks", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="chapters and whether their notebook exists")
+    p_run = sub.add_parser("run", help="execute notebooks headless with papermill")
+    p_run.add_argument("notebooks", nargs="*", help="chapter numbers or names (default: all that exist)")
+    p_run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    p_run.add_argument("--out", default="executed", help="folder for executed copies (default: executed/)")
+    p_run.add_argument("--inplace", action="store_true", help="store outputs in the committed notebooks")
+    p_run.add_argument("--kernel", default="python3")
+    p_run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    p_check = sub.add_parser("check", help="check notebook conventions")
+    p_check.add_argument("notebooks", nargs="*")
+    p_new = sub.add_parser("new", help="scaffold a chapter notebook")
+    p_new.add_argument("chapter")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            have = {ch.number for ch in existing()}
+            for ch in CHAPTERS:
+                print(f"{ch.number:2d}  {'written' if ch.number in have else 'missing':8s} {ch.notebook}")
+        elif args.command == "run":
+            params = {}
+            for name, value in args.parameter:
+                params[name] = parse_value(value)
+            start = time.perf_counter()
+            written = run(args.notebooks, params, out_dir=args.out, inplace=args.inplace,
+                          kernel=args.kernel, timeout=args.timeout)
+            print(f"executed {len(written)} notebook(s) in {time.perf_counter() - start:.1f} s")
+        elif args.command == "check":
+            paths = [resolve(k) for k in args.notebooks] if args.notebooks else \
+                [notebooks_dir() / ch.notebook for ch in existing()]
+            problems = [p for path in paths for p in check(path)]
+            for problem in problems:
+                print(problem)
+            print(f"checked {len(paths)} notebook(s): {len(problems)} problem(s); "
+                  f"missing chapters: {[ch.number for ch in missing()] or 'none'}")
+            return 1 if problems else 0
+        elif args.command == "new":
+            print(f"created {new(args.chapter)}")
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotebookFailed) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
