@@ -67,19 +67,19 @@ CHAPTERS = (
             ("kv_cache", "generation")),
     Chapter(10, "norms_swiglu_residuals", "RMSNorm, SwiGLU and residuals",
             "RMSNorm vs LayerNorm, SwiGLU vs GELU, gradient flow with and without residuals",
-            ("norms", "feedforward")),
+            ("norms", "feedforward", "gradient_flow")),
     Chapter(11, "qwen", "Building Qwen",
             "the model assembled and counted, trained on TinyStories, samples improving",
             ("qwen", "config")),
     Chapter(12, "quantization", "Quantization",
             "number formats from their bits, int8/int4 and bitsandbytes on our model, perplexity table",
-            ("quantization",)),
+            ("number_formats", "quantization")),
     Chapter(13, "mixture_of_experts", "Mixture of experts",
             "a router step by step, expert-load heatmaps, dense vs MoE loss curves",
             ("moe",)),
     Chapter(14, "training", "Training small language models in practice",
             "your own Qwen trained on TinyStories on a GPU: loss curves, throughput, stories",
-            ("training", "checkpoint")),
+            ("training", "checkpoint", "train", "distributed")),
 )
 
 

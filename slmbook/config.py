@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 DTYPES = ("float32", "float16", "bfloat16")
+ROUTER_SCORES = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,17 @@ class QwenConfig:
     tie_embeddings: bool = True  # tie_word_embeddings
     qk_norm: bool = True  # Qwen3's per-head RMSNorm on queries and keys
     dtype: str = "float32"  # parameter dtype
+    # Mixture of experts (chapter 13; slmbook/moe.py). n_experts=0 keeps the dense SwiGLU everywhere.
+    n_experts: int = 0  # num_experts: routed experts per MoE feed-forward (0 = dense model)
+    n_experts_per_token: int = 2  # num_experts_per_tok: the router's top-k
+    moe_hidden_dim: int | None = None  # moe_intermediate_size of each expert; None = hidden_dim
+    n_shared_experts: int = 0  # DeepSeek's always-on experts, added to every token's output
+    router_score: str = "softmax"  # "softmax" (Switch, Mixtral, Qwen3-MoE) or "sigmoid" (DeepSeek-V3)
+    router_normalize: bool = True  # norm_topk_prob: rescale the k chosen scores to sum to 1
+    capacity_factor: float | None = None  # expert capacity = factor * tokens * k / n_experts; None = no drops
+    router_aux_loss_coef: float = 0.01  # weight of the Switch load-balancing loss in training
+    router_z_loss_coef: float = 0.0  # weight of the ST-MoE router z-loss
+    router_bias_update_rate: float = 0.0  # DeepSeek-V3 auxiliary-loss-free balancing step; 0 = off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"):
@@ -60,6 +72,47 @@ class QwenConfig:
             raise ValueError(f"QwenConfig.norm_eps={self.norm_eps!r}: must be > 0")
         if self.dtype not in DTYPES:
             raise ValueError(f"QwenConfig.dtype={self.dtype!r}: unknown dtype, allowed: {DTYPES}")
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        for name in ("n_experts", "n_shared_experts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"QwenConfig.{name}={value!r}: must be an integer >= 0")
+        k = self.n_experts_per_token
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"QwenConfig.n_experts_per_token={k!r}: must be a positive integer")
+        if self.n_experts and k > self.n_experts:
+            raise ValueError(f"QwenConfig.n_experts_per_token={k} exceeds n_experts={self.n_experts}: "
+                             f"a token can use at most every expert (allowed 1..{self.n_experts})")
+        if self.moe_hidden_dim is not None and (not isinstance(self.moe_hidden_dim, int)
+                                                or isinstance(self.moe_hidden_dim, bool) or self.moe_hidden_dim < 1):
+            raise ValueError(f"QwenConfig.moe_hidden_dim={self.moe_hidden_dim!r}: must be a positive integer or None")
+        if not self.n_experts and (self.n_shared_experts or self.moe_hidden_dim is not None):
+            raise ValueError(f"QwenConfig.n_shared_experts={self.n_shared_experts}, moe_hidden_dim="
+                             f"{self.moe_hidden_dim!r} only apply to a mixture of experts: set n_experts > 0")
+        if self.router_score not in ROUTER_SCORES:
+            raise ValueError(f"QwenConfig.router_score={self.router_score!r}: allowed {ROUTER_SCORES}")
+        if not isinstance(self.router_normalize, bool):
+            raise ValueError(f"QwenConfig.router_normalize={self.router_normalize!r}: must be True or False")
+        if self.capacity_factor is not None and (isinstance(self.capacity_factor, bool)
+                                                 or not isinstance(self.capacity_factor, (int, float))
+                                                 or not self.capacity_factor > 0):
+            raise ValueError(f"QwenConfig.capacity_factor={self.capacity_factor!r}: must be a number > 0 or None")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_bias_update_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"QwenConfig.{name}={value!r}: must be a number >= 0")
+
+    @property
+    def is_moe(self) -> bool:
+        """True when the feed-forward of every block is a mixture of experts."""
+        return self.n_experts > 0
+
+    @property
+    def expert_hidden_dim(self) -> int:
+        """Hidden size of one expert (moe_hidden_dim, or hidden_dim when that is None)."""
+        return self.hidden_dim if self.moe_hidden_dim is None else self.moe_hidden_dim
 
     @property
     def n_groups(self) -> int:

@@ -33,8 +33,11 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
 
+    import importlib
+
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "slmbook @ git+https://github.com/{repository}@{branch}"], check=True)
+    importlib.invalidate_caches()  # the new package imports in this session, no restart needed
 
 %matplotlib inline'''
 

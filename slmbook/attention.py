@@ -1,0 +1,172 @@
+"""Attention: every token looks back at the tokens before it and takes a weighted mix (chapter 8).
+
+Two layers of the idea live here.
+
+`scaled_dot_product_attention` is the formula softmax(q k^T / sqrt(d) + mask) v, written out step by
+step (scores, scale, causal mask, softmax, mix) when `impl="manual"`, or handed to PyTorch's fused
+kernel `F.scaled_dot_product_attention` when `impl="sdpa"`. Same inputs, same answer (the tests
+check it); the fused kernel never materialises the T x T weights, so it is faster and lighter, and
+the manual path is the one you can read and whose weights you can draw.
+
+`GroupedQueryAttention` is the layer: projections to queries, keys and values, Qwen3's per-head
+RMSNorm on queries and keys, RoPE, attention, output projection. One class covers the three
+variants by its `n_kv_heads`: n_heads (multi-head attention, MHA), 1 (multi-query, MQA) or anything
+that divides n_heads (grouped-query, GQA): each key/value head is shared by n_heads / n_kv_heads
+query heads, which shrinks the KV cache by that factor (chapter 9).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slmbook.norms import RMSNorm
+from slmbook.positional import apply_rope
+
+ATTN_IMPLS = ("sdpa", "manual")
+
+
+def check_attn_impl(attn_impl: str) -> str:
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl={attn_impl!r} is unknown; allowed: {ATTN_IMPLS}")
+    return attn_impl
+
+
+def causal_mask(q_len: int, k_len: int, device=None) -> torch.Tensor:
+    """Boolean (q_len, k_len) mask, True where a query may look.
+
+    The q_len queries are the *last* q_len of the k_len positions (with a KV cache the keys include
+    everything generated so far), so query i sits at position k_len - q_len + i and may see keys
+    0 .. k_len - q_len + i: a lower triangle shifted right by k_len - q_len.
+    """
+    if q_len > k_len:
+        raise ValueError(f"q_len={q_len} > k_len={k_len}: every query must also be a key")
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    impl: str = "manual",
+    return_weights: bool = False,
+):
+    """softmax(q k^T / sqrt(head_dim) + causal mask) v for q (B, H, Tq, D) and k, v (B, H_kv, Tk, D).
+
+    H must be a multiple of H_kv; each key/value head serves H / H_kv consecutive query heads (the
+    layout of `transformers`' `repeat_kv`). With `return_weights=True` (manual path only) it returns
+    (output, weights) with weights (B, H, Tq, Tk).
+    """
+    check_attn_impl(impl)
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be 4-D (batch, heads, tokens, head_dim); got {q.ndim}, {k.ndim}, {v.ndim} dims")
+    n_heads, n_kv_heads = q.shape[1], k.shape[1]
+    if n_heads % n_kv_heads:
+        raise ValueError(f"q has {n_heads} heads, k/v have {n_kv_heads}: "
+                         "the key/value heads must divide the query heads")
+    q_len, k_len = q.shape[2], k.shape[2]
+    groups = n_heads // n_kv_heads
+
+    if impl == "sdpa":
+        if return_weights:
+            raise ValueError("return_weights=True needs impl='manual': the fused kernel never forms the weights")
+        if not causal or q_len == 1:  # one new token may see every cached key: no mask needed
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1)
+        if q_len == k_len:  # training and prefill: the kernel's own triangle, no mask tensor
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=groups > 1)
+        mask = causal_mask(q_len, k_len, device=q.device)  # several new tokens after a cache
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
+
+    # The manual path: the formula, one line per step.
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)  # (B, H, Tk, D): key head j serves query heads j*g .. j*g+g-1
+        v = v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk): how well each query matches each key
+    scores = scores * (1.0 / math.sqrt(q.shape[-1]))  # keep the logits' spread independent of D
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q_len, k_len, device=q.device), float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # each row sums to 1 over the keys
+    out = weights @ v  # (B, H, Tq, D): a weighted mix of the values
+    return (out, weights) if return_weights else out
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal self-attention with n_heads query heads sharing n_kv_heads key/value heads (MHA/GQA/MQA).
+
+    Parameter names follow `transformers`' Qwen3Attention (q_proj, k_proj, v_proj, o_proj, q_norm,
+    k_norm), so checkpoints map name for name. `attn_impl` ("sdpa" or "manual") picks the kernel and
+    can be changed on a built module; a call with `return_weights=True` uses the manual path.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int | None = None,
+        qk_norm: bool = True,
+        norm_eps: float = 1e-6,
+        attn_impl: str = "sdpa",
+        layer_idx: int = 0,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        for name, value in (("dim", dim), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r}: must be a positive integer")
+        if n_kv_heads > n_heads or n_heads % n_kv_heads:
+            raise ValueError(
+                f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}: allowed n_kv_heads are "
+                f"{[k for k in range(1, n_heads + 1) if n_heads % k == 0]}"
+            )
+        if head_dim is None:
+            if dim % n_heads:
+                raise ValueError(f"dim={dim} is not divisible by n_heads={n_heads}; set head_dim explicitly")
+            head_dim = dim // n_heads
+        if head_dim < 2 or head_dim % 2:
+            raise ValueError(f"head_dim={head_dim}: RoPE rotates pairs of channels, so head_dim must be even and >= 2")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.attn_impl = check_attn_impl(attn_impl)
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=False, dtype=dtype)
+        self.k_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=False, dtype=dtype)
+        self.v_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=False, dtype=dtype)
+        self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=False, dtype=dtype)
+        # Qwen3: normalising each head's q and k keeps the attention logits from blowing up in training.
+        self.q_norm = RMSNorm(head_dim, norm_eps, dtype=dtype) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim, norm_eps, dtype=dtype) if qk_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache=None,
+        return_weights: bool = False,
+    ):
+        """x (B, T, dim) at the positions whose RoPE tables are cos, sin (T, head_dim).
+
+        With a `KVCache`, this layer's new keys and values are written into it and attention runs over
+        everything stored so far. Returns (B, T, dim), or (output, weights) with return_weights=True.
+        """
+        batch, seq, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        impl = "manual" if return_weights else self.attn_impl
+        result = scaled_dot_product_attention(q, k, v, causal=True, impl=impl, return_weights=return_weights)
+        out, weights = result if return_weights else (result, None)
+        out = self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
+        return (out, weights) if return_weights else out
+
+    def extra_repr(self) -> str:
+        return (f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
+                f"attn_impl={self.attn_impl!r}")

@@ -1,0 +1,137 @@
+"""Text generation: the inference loop and the ways to pick the next token (chapter 9).
+
+The loop: run the prompt through the model once ("prefill"), pick a token from the last position's
+logits, append it, repeat ("decode"). With a KV cache each decode step feeds one token; without one
+(`use_cache=False`, kept for comparison) every step runs the model over the whole sequence again.
+Both paths apply the output head to the last position only, so they do the same work apart from what
+the cache saves, and they pick identical tokens (the tests check).
+
+Picking a token from logits z:
+- greedy (`temperature=0`): argmax z.
+- temperature T > 0: sample from softmax(z / T); T < 1 sharpens, T > 1 flattens.
+- top-k: keep only the k largest logits before sampling.
+- top-p (nucleus): keep the smallest set of most likely tokens whose probability reaches p.
+Sampling draws from a `torch.Generator` seeded with `seed`, so a seeded run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slmbook.kv_cache import KVCache
+
+CACHE_KINDS = ("preallocated", "growing")
+
+
+def check_sampling(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                   vocab_size: int | None = None) -> None:
+    """Refuse sampling settings that mean nothing, naming the parameter and what is allowed."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature={temperature!r}: must be a number >= 0 (0 means greedy)")
+    if top_k is not None:
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k={top_k!r}: must be None or an integer >= 1")
+        if vocab_size is not None and top_k > vocab_size:
+            raise ValueError(f"top_k={top_k} exceeds the vocabulary size {vocab_size}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p={top_p!r}: must be None or a number in (0, 1]")
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits with everything below the k-th largest (per row) set to -inf (ties at the k-th kept)."""
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Logits outside the nucleus set to -inf: the most likely tokens, in order, until their total
+    probability reaches p (the token that crosses p is kept; the most likely token always is)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability mass of the tokens ranked above each one
+    drop_sorted = before >= p
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of logits (batch, vocab) -> (batch,)."""
+    check_sampling(temperature, top_k, top_p, logits.shape[-1])
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1:
+        logits = top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _as_batch(input_ids) -> tuple[torch.Tensor, bool]:
+    if isinstance(input_ids, (list, tuple)):
+        input_ids = torch.tensor(input_ids, dtype=torch.long)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be a list of ints or an integer tensor; got {type(input_ids).__name__}"
+                        f" {getattr(input_ids, 'dtype', '')}")
+    if input_ids.ndim == 1:
+        return input_ids[None, :].long(), True
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape (tokens,) or (batch, tokens); got {tuple(input_ids.shape)}")
+    return input_ids.long(), False
+
+
+@torch.no_grad()
+def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, stop_token: int | None = None, seed: int | None = None,
+             use_cache: bool = True, cache: str = "preallocated") -> torch.Tensor:
+    """Continue `input_ids` ((tokens,) or (batch, tokens)) by up to `max_new_tokens` tokens.
+
+    Returns the prompt followed by the new tokens, with the input's shape convention. Generation
+    stops early once every row has produced `stop_token` (rows that stopped repeat it). `cache` picks
+    the KV-cache storage ("preallocated" or "growing"); `use_cache=False` recomputes everything.
+    """
+    config = model.config
+    ids, single = _as_batch(input_ids)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
+    check_sampling(temperature, top_k, top_p, config.vocab_size)
+    if cache not in CACHE_KINDS:
+        raise ValueError(f"cache={cache!r}: allowed {CACHE_KINDS}")
+    if stop_token is not None and not (isinstance(stop_token, int) and 0 <= stop_token < config.vocab_size):
+        raise ValueError(f"stop_token={stop_token!r}: must be None or a token id in [0, {config.vocab_size})")
+    if seed is not None and not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r}: must be None or an integer")
+    prompt_len = ids.shape[1]
+    if prompt_len == 0:
+        raise ValueError("input_ids is empty: generation needs at least one prompt token")
+    if prompt_len + max_new_tokens > config.context_length:
+        raise ValueError(
+            f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+            f"context_length={config.context_length}"
+        )
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    kv_cache = None
+    if use_cache and max_new_tokens > 0:
+        kv_cache = KVCache.for_model(model, ids.shape[0],
+                                     max_tokens=prompt_len + max_new_tokens if cache == "preallocated" else None)
+
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+    new_input = ids
+    for _ in range(max_new_tokens):
+        hidden = model.forward_hidden(new_input if use_cache else ids, kv_cache)
+        logits = model.lm_head(hidden[:, -1, :])
+        token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        if stop_token is not None:
+            token = torch.where(finished, torch.full_like(token, stop_token), token)
+            finished |= token == stop_token
+        ids = torch.cat((ids, token[:, None]), dim=1)
+        new_input = token[:, None]
+        if stop_token is not None and bool(finished.all()):
+            break
+    return ids[0] if single else ids

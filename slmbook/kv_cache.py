@@ -1,0 +1,142 @@
+"""The KV cache: remember every layer's keys and values so each new token costs one step (chapter 9).
+
+Generating token t needs attention over tokens 0..t. Without a cache the model runs again over the
+whole sequence for every new token, recomputing keys and values it computed the step before: the
+work per token grows with t and the total with t^2. With a cache each step feeds only the new token;
+its keys and values are appended and attention reads the stored ones.
+
+The price is memory, exactly
+
+    2 (keys and values) x n_layers x n_kv_heads x head_dim x tokens x batch x bytes per element,
+
+which is why grouped-query attention (fewer key/value heads) matters at inference time.
+
+Two storage strategies, one class:
+- preallocated (`max_tokens` given): one buffer per layer for all tokens up front, written in place.
+  No copies while generating and a fixed address, the choice for `torch.compile` and CUDA graphs.
+- growing (`max_tokens=None`): tensors concatenated step by step; holds only what it stores.
+
+Use: the model reads `cache.length` (tokens stored, hence the position of the next token), every
+attention layer calls `update(layer, k, v)`, and after the last layer the model calls
+`advance(new_tokens)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slmbook.dtypes import bytes_per_element, torch_dtype
+
+
+def _positive_int(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: must be a positive integer")
+    return value
+
+
+def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, batch_size: int = 1,
+                   dtype="bfloat16") -> int:
+    """The formula: 2 * n_layers * n_kv_heads * head_dim * tokens * batch_size * bytes per element."""
+    for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
+                        ("batch_size", batch_size)):
+        _positive_int(name, value)
+    if not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"tokens={tokens!r}: must be an integer >= 0")
+    return 2 * n_layers * n_kv_heads * head_dim * tokens * batch_size * bytes_per_element(dtype)
+
+
+def config_kv_cache_bytes(config, tokens: int, batch_size: int = 1, dtype=None) -> int:
+    """`kv_cache_bytes` for a `QwenConfig` (dtype defaults to the config's)."""
+    return kv_cache_bytes(config.n_layers, config.n_kv_heads, config.head_dim, tokens, batch_size,
+                          config.dtype if dtype is None else dtype)
+
+
+class KVCache:
+    """Keys and values of every layer, (batch, n_kv_heads, tokens, head_dim) each."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, batch_size: int = 1,
+                 max_tokens: int | None = None, dtype="float32", device=None):
+        for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
+                            ("batch_size", batch_size)):
+            _positive_int(name, value)
+        if max_tokens is not None:
+            _positive_int("max_tokens", max_tokens)
+        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.dtype = torch_dtype(dtype)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.length = 0
+        if max_tokens is None:
+            self.keys: list[torch.Tensor | None] = [None] * n_layers
+            self.values: list[torch.Tensor | None] = [None] * n_layers
+        else:
+            shape = (batch_size, n_kv_heads, max_tokens, head_dim)
+            self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n_layers)]
+            self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n_layers)]
+
+    @classmethod
+    def for_model(cls, model, batch_size: int = 1, max_tokens: int | None = None, dtype=None) -> "KVCache":
+        """A cache shaped for `model` (a QwenModel), on its device, in its parameters' dtype."""
+        config = model.config
+        param = next(model.parameters())
+        return cls(config.n_layers, config.n_kv_heads, config.head_dim, batch_size, max_tokens,
+                   dtype=param.dtype if dtype is None else dtype, device=param.device)
+
+    @property
+    def preallocated(self) -> bool:
+        return self.max_tokens is not None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer's new k, v (batch, n_kv_heads, new, head_dim) after the `length` stored ones;
+        return all of this layer's keys and values so far."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer={layer}: this cache has layers 0..{self.n_layers - 1}")
+        expected = (self.batch_size, self.n_kv_heads, k.shape[2], self.head_dim)
+        if tuple(k.shape) != expected or tuple(v.shape) != expected:
+            raise ValueError(f"k, v have shapes {tuple(k.shape)}, {tuple(v.shape)}; this cache expects {expected} "
+                             "(batch, n_kv_heads, new tokens, head_dim)")
+        start, end = self.length, self.length + k.shape[2]
+        if self.max_tokens is not None:
+            if end > self.max_tokens:
+                raise ValueError(f"KV cache is full: {self.length} stored + {k.shape[2]} new "
+                                 f"> max_tokens={self.max_tokens}")
+            self.keys[layer][:, :, start:end] = k
+            self.values[layer][:, :, start:end] = v
+            return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        stored = 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+        if stored != start:
+            raise RuntimeError(f"layer {layer} holds {stored} tokens but the cache length is {start}: "
+                               "call advance() once after every layer has been updated")
+        k, v = k.to(self.dtype), v.to(self.dtype)
+        self.keys[layer] = k if start == 0 else torch.cat((self.keys[layer], k), dim=2)
+        self.values[layer] = v if start == 0 else torch.cat((self.values[layer], v), dim=2)
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, new_tokens: int) -> None:
+        """Commit `new_tokens` positions once every layer has stored them."""
+        self.length += new_tokens
+
+    def reset(self) -> None:
+        """Forget everything (a preallocated cache keeps its buffers)."""
+        self.length = 0
+        if self.max_tokens is None:
+            self.keys = [None] * self.n_layers
+            self.values = [None] * self.n_layers
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored tokens, measured from the tensors themselves."""
+        total = 0
+        for tensors in (self.keys, self.values):
+            for t in tensors:
+                if t is not None:
+                    total += t[:, :, : self.length].numel() * t.element_size()
+        return total
+
+    def allocated_nbytes(self) -> int:
+        """Bytes of memory the cache holds, stored or not (a preallocated cache holds max_tokens)."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+
+    def __repr__(self) -> str:
+        kind = f"preallocated max_tokens={self.max_tokens}" if self.preallocated else "growing"
+        return (f"KVCache(layers={self.n_layers}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
+                f"batch={self.batch_size}, length={self.length}, {kind}, dtype={self.dtype})")

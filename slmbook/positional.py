@@ -1,0 +1,160 @@
+"""Where is a token? Position encodings, from the naive ones to RoPE (chapter 7).
+
+Attention by itself sees a *set* of tokens: shuffle the inputs and every output is shuffled the same
+way. Order has to be written into the vectors. This module holds the three classic answers (an
+integer, its binary digits, a bank of sinusoids: each one added to the token embedding) and the one
+Qwen uses, rotary position embedding (RoPE), which rotates queries and keys instead of adding to them.
+
+RoPE layout. A head vector of `head_dim` channels is read as `head_dim / 2` two-dimensional pairs.
+As in Qwen, Llama and `transformers`, pair i is channels (i, i + head_dim/2) ("half split") and it
+turns by the angle `position * theta ** (-2i / head_dim)`: pair 0 spins fastest, the last pair
+slowest. Because a rotation by a then by -b is a rotation by a - b, the dot product of a query at
+position m with a key at position n depends on the positions only through m - n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _positive_int(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: must be a positive integer")
+    return value
+
+
+def integer_encoding(n_positions: int) -> torch.Tensor:
+    """Position p as the number p, shape (n_positions, 1).
+
+    The simplest idea, and its limit: the value grows without bound, so long sequences push it far
+    outside the scale of the embeddings it is added to, and positions never seen in training give
+    values the model has never seen either.
+    """
+    _positive_int("n_positions", n_positions)
+    return torch.arange(n_positions, dtype=torch.float32)[:, None]
+
+
+def binary_encoding(n_positions: int, n_bits: int) -> torch.Tensor:
+    """Position p as its `n_bits` binary digits (least significant first), shape (n_positions, n_bits).
+
+    Bounded (every value is 0 or 1), but neighbours can differ in many bits at once (7 = 0111,
+    8 = 1000): distance in position is not distance in the encoding, and the digits jump instead of
+    varying smoothly. It also runs out: only 2**n_bits positions exist.
+    """
+    _positive_int("n_positions", n_positions)
+    _positive_int("n_bits", n_bits)
+    if n_positions > 2**n_bits:
+        raise ValueError(
+            f"n_positions={n_positions} does not fit in n_bits={n_bits}: at most 2**{n_bits}={2**n_bits} positions"
+        )
+    positions = torch.arange(n_positions)[:, None]
+    bits = torch.arange(n_bits)[None, :]
+    return ((positions >> bits) & 1).to(torch.float32)
+
+
+def sinusoidal_encoding(n_positions: int, dim: int, base: float = 10_000.0) -> torch.Tensor:
+    """The Transformer's sinusoids (Vaswani et al. 2017), shape (n_positions, dim).
+
+    Channel 2i holds sin(p * w_i) and channel 2i + 1 holds cos(p * w_i), with w_i = base**(-2i/dim):
+    a smooth, bounded 'binary counter' whose digits are waves of geometrically growing wavelength.
+    Still added to the embedding, so position and content share the same channels.
+    """
+    _positive_int("n_positions", n_positions)
+    _positive_int("dim", dim)
+    if dim % 2:
+        raise ValueError(f"dim={dim}: sinusoidal encoding pairs sin and cos channels, so dim must be even")
+    if not base > 0:
+        raise ValueError(f"base={base!r}: must be > 0")
+    positions = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    frequencies = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = positions * frequencies
+    encoding = torch.empty(n_positions, dim)
+    encoding[:, 0::2] = torch.sin(angles)
+    encoding[:, 1::2] = torch.cos(angles)
+    return encoding
+
+
+def rope_frequencies(head_dim: int, theta: float = 10_000.0) -> torch.Tensor:
+    """Angular speed of each of the head_dim/2 pairs, in radians per position: theta**(-2i/head_dim)."""
+    _positive_int("head_dim", head_dim)
+    if head_dim % 2:
+        raise ValueError(f"head_dim={head_dim}: RoPE rotates pairs of channels, so head_dim must be even")
+    if not theta > 0:
+        raise ValueError(f"theta={theta!r}: must be > 0")
+    # Same expression as transformers' Qwen3RotaryEmbedding, so the float32 values agree bit for bit.
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def rope_cos_sin(context_length: int, head_dim: int, theta: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every angle for positions 0..context_length-1, each (context_length, head_dim).
+
+    The half-split layout repeats the head_dim/2 angles twice, so that `apply_rope` is two
+    element-wise products and no gather.
+    """
+    _positive_int("context_length", context_length)
+    inv_freq = rope_frequencies(head_dim, theta)
+    angles = torch.arange(context_length, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim: a 90-degree turn of every pair."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate every pair of x (..., T, head_dim) by its angle: x*cos + rotate_half(x)*sin.
+
+    cos and sin are (T, head_dim) for the T positions of x; they are cast to x's dtype, as in
+    `transformers`, so a bfloat16 model rotates in bfloat16.
+    """
+    cos = cos.to(x.dtype)
+    sin = sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE with cos/sin precomputed once for every position up to `context_length`.
+
+    The tables are non-persistent buffers: they move with `.to(device)` but are not saved in the
+    state dict (they are a function of the config, not learned), and slicing them is cheap and
+    `torch.compile`-friendly (no Python work per position).
+    """
+
+    def __init__(self, head_dim: int, context_length: int, theta: float = 10_000.0):
+        super().__init__()
+        cos, sin = rope_cos_sin(context_length, head_dim, theta)
+        self.head_dim = head_dim
+        self.context_length = context_length
+        self.theta = theta
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def cos_sin(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (length, head_dim) tables for positions start .. start+length-1."""
+        if start < 0 or start + length > self.context_length:
+            raise ValueError(
+                f"positions {start}..{start + length - 1} are outside the RoPE table: "
+                f"context_length={self.context_length} allows positions 0..{self.context_length - 1}"
+            )
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Rotate x (..., T, head_dim) as if its tokens sat at positions start .. start+T-1."""
+        if x.shape[-1] != self.head_dim:
+            raise ValueError(f"x.shape[-1]={x.shape[-1]} but this RotaryEmbedding has head_dim={self.head_dim}")
+        cos, sin = self.cos_sin(start, x.shape[-2])
+        return apply_rope(x, cos, sin)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, context_length={self.context_length}, theta={self.theta}"
+
+
+def rope_wavelengths(head_dim: int, theta: float = 10_000.0) -> torch.Tensor:
+    """Positions needed for each pair to turn a full circle: 2*pi / frequency."""
+    return 2 * math.pi / rope_frequencies(head_dim, theta)

@@ -1,0 +1,210 @@
+"""Train from the command line: the same `slmbook.training.Trainer` the notebooks call (chapter 14).
+
+    python -m slmbook.train --config tiny                         # CPU, shipped sample, minutes
+    python -m slmbook.train --config book --device cuda           # chapter 14's run on one GPU
+    python -m slmbook.train --config book --steps 500 --batch-size 32 --grad-accum 2 --out runs/try
+    torchrun --nproc_per_node 4 -m slmbook.train --config book    # data-parallel on 4 GPUs
+
+Data: `--data DIR` holds train.bin and validation.bin made by `slmbook.dataloader`
+(`benchmarks/prepare_tinystories.py` writes them to .data/tinystories). Without --data the run uses
+.data/tinystories when it exists and otherwise tokenizes the TinyStories sample shipped with the
+package into .data/sample. The checkpoint goes to --out (default runs/<config>); running the same
+command again resumes from it (use --fresh to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from slmbook.config import PRESETS as MODEL_PRESETS
+from slmbook.config import preset
+from slmbook.training import PRECISIONS, PRESETS, TrainConfig, Trainer, training_preset
+
+DATA_DIR = ".data"
+
+
+def repo_root() -> Path:
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def default_data(progress: bool = True) -> Path:
+    """.data/tinystories if prepared, else the shipped sample tokenized (once) into .data/sample."""
+    root = repo_root() / DATA_DIR
+    full = root / "tinystories"
+    if (full / "train.bin").is_file() and (full / "validation.bin").is_file():
+        return full
+    return sample_data(root / "sample", progress=progress)
+
+
+def sample_data(folder: str | Path, progress: bool = False) -> Path:
+    """The TinyStories sample shipped with slmbook as GPT-2 token files in `folder` (made once):
+    train.bin from the train head, validation.bin from the 1,000 official validation stories."""
+    from slmbook.data import SAMPLE_FILES, resource_path
+    from slmbook.dataloader import prepare_token_files
+    from slmbook.tokenizer import gpt2_encoding
+
+    folder = Path(folder)
+    if not ((folder / "train.bin").is_file() and (folder / "validation.bin").is_file()):
+        prepare_token_files([resource_path("tinystories", SAMPLE_FILES["train"])], gpt2_encoding(), folder,
+                            validation=[resource_path("tinystories", SAMPLE_FILES["validation"])], progress=progress)
+    return folder
+
+
+def data_files(folder: str | Path) -> tuple[Path, Path]:
+    folder = Path(folder)
+    train, val = folder / "train.bin", folder / "validation.bin"
+    for path in (train, val):
+        if not path.is_file():
+            raise ValueError(f"--data={str(folder)!r} has no {path.name}: prepare it with "
+                             f"`python benchmarks/prepare_tinystories.py --out {folder}`")
+    return train, val
+
+
+def encoding_of(path: Path):
+    """The tokenizer a token file was written with (only GPT-2 is known by name)."""
+    from slmbook.dataloader import read_token_file
+    from slmbook.tokenizer import gpt2_encoding
+
+    _, info = read_token_file(path)
+    return gpt2_encoding() if info.encoding == "gpt2" else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    first, rest = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="python -m slmbook.train", description=first, epilog=rest,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny", help=f"training preset, one of {sorted(PRESETS)} (default tiny)")
+    p.add_argument("--model", help=f"model shape preset instead of the config's, one of {sorted(MODEL_PRESETS)}")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="sequences per optimizer step, over all processes")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per step in each process")
+    p.add_argument("--context", type=int, help="tokens per training sequence")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    p.add_argument("--precision", help=f"one of {PRECISIONS}")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    p.add_argument("--attn-impl", help="sdpa or manual")
+    p.add_argument("--loss-chunk", type=int, help="fused output head + loss, this many tokens at a time (0 = off)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--log-interval", type=int)
+    p.add_argument("--eval-interval", type=int)
+    p.add_argument("--eval-batches", type=int)
+    p.add_argument("--checkpoint-interval", type=int)
+    p.add_argument("--save-best", action=argparse.BooleanOptionalAction, default=None,
+                   help="checkpoint only when the validation loss improves (the book preset does)")
+    p.add_argument("--sample-tokens", type=int)
+    p.add_argument("--data", help="folder with train.bin and validation.bin (default: see above)")
+    p.add_argument("--out", help="checkpoint folder (default runs/<config>)")
+    p.add_argument("--fresh", action="store_true", help="start a new run even if --out holds a checkpoint of this run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--summary-json", help="also write the final summary to this JSON file")
+    return p
+
+
+OVERRIDES = ("steps", "batch_size", "grad_accum", "context", "lr", "warmup_steps", "weight_decay", "grad_clip",
+             "precision", "compile", "compile_mode", "attn_impl", "loss_chunk", "device", "seed", "log_interval",
+             "eval_interval", "eval_batches", "checkpoint_interval", "save_best", "sample_tokens")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset named by --config with the command line's overrides applied (all checked)."""
+    config = training_preset(args.config)
+    changes = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
+    if args.model:
+        model = preset(args.model)
+        changes["model"] = model
+        changes.setdefault("context", min(config.context, model.context_length))
+    return config.replace(**changes)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        config = config_from_args(args)
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if world_size > 1:
+        import torch
+        import torch.distributed as dist
+
+        use_nccl = torch.cuda.is_available() and config.device in ("auto", "cuda")
+        if use_nccl:  # one GPU per process, chosen before NCCL's first collective
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        try:
+            folder = Path(args.data) if args.data else (default_data(progress=rank == 0) if rank == 0 else None)
+            if world_size > 1 and not args.data:  # rank 0 prepared the default data; the others wait
+                import torch.distributed as dist
+
+                shared = [str(folder) if rank == 0 else None]
+                dist.broadcast_object_list(shared, src=0)
+                folder = Path(shared[0])
+            train, val = data_files(folder)
+            out = Path(args.out) if args.out else repo_root() / "runs" / args.config
+            if args.fresh and rank == 0 and (out / "training_state.json").is_file():
+                (out / "training_state.json").unlink()
+            if world_size > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+            trainer = Trainer(config, train, val, encoding=encoding_of(train), out=out, resume=True,
+                              progress=not args.no_progress)
+        except (ValueError, TypeError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if trainer.is_main:
+            start = f", resuming at step {trainer.step}" if trainer.step else ""
+            print(f"training {config.model.n_layers}-layer dim-{config.model.dim} model "
+                  f"({trainer.model.num_parameters():,} parameters) for {config.steps} steps of "
+                  f"{config.tokens_per_step:,} tokens on {trainer.device} x {trainer.world_size}{start}; "
+                  f"data {folder}; checkpoint {out}", flush=True)
+        began = time.perf_counter()
+        history = trainer.run()
+        if trainer.is_main:
+            summary = summarize(trainer, history, time.perf_counter() - began)
+            print(json.dumps(summary, indent=1))
+            if args.summary_json:
+                Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
+    finally:
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def summarize(trainer: Trainer, history, seconds: float) -> dict:
+    """The numbers a run ends with: final losses, throughput, tokens and epochs, a sample."""
+    last = history.train[-1] if history.train else {}
+    final = history.eval[-1] if history.eval else {}
+    rates = [row["tokens_per_s"] for row in history.train[1:]] or [last.get("tokens_per_s")]
+    return {
+        "steps": trainer.step,
+        "train_loss": last.get("loss"),
+        "val_loss": final.get("val_loss"),
+        "val_bpb": final.get("val_bpb"),
+        "tokens_seen": trainer.step * trainer.config.tokens_per_step,
+        "epochs": trainer.train_data.epochs(trainer.step),
+        "tokens_per_s_median": sorted(rates)[len(rates) // 2] if None not in rates else None,
+        "wall_seconds_this_run": seconds,
+        "sample": history.samples[-1]["text"] if history.samples else None,
+        "checkpoint": str(trainer.out) if trainer.out else None,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

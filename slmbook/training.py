@@ -1,0 +1,796 @@
+"""The training loop of chapter 14: one readable loop whose speed-ups are switches, not copies.
+
+    for step in range(steps):
+        lr = warm-up then cosine(step)
+        for each of grad_accum micro-batches:            # a big batch in small pieces
+            with autocast(bf16):  loss = model(x, y)      # mixed precision on a GPU
+            (loss / grad_accum).backward()
+        clip the gradient norm; AdamW step; zero the gradients
+        every log_interval steps: loss, tokens/s, MFU, gradient norm, update/weight ratio
+        every eval_interval steps: held-out loss, perplexity, bits per byte, a sample story
+
+The switches (`TrainConfig`): bf16 autocast, `torch.compile`, SDPA or manual attention, the fused
+AdamW kernel, gradient accumulation and clipping, and an output head fused with the loss
+(`loss_chunk`, which never holds the full tokens x vocabulary logits). None of them changes what is
+computed, only how fast and in how much memory; the plain float32 path on a CPU is the reference.
+
+Speed rules the loop follows (they matter on a GPU, where a step takes milliseconds):
+- no `.item()` or `.cpu()` inside a step: every such call waits for the GPU to finish. Losses are
+  summed on the device and read once per `log_interval`.
+- batches come from pinned (page-locked) CPU memory with `non_blocking=True`, so the copy to the
+  GPU overlaps with compute.
+- TF32 matrix products for whatever still runs in float32.
+
+Data-parallel training (`torchrun --nproc_per_node N -m slmbook.train ...`): each process holds a
+full model replica wrapped in DistributedDataParallel and reads its own disjoint part of every
+batch (`StepBatches`); DDP averages the gradients, so the run equals a one-process run with the same
+global `batch_size`. Only rank 0 logs and writes checkpoints.
+
+Resuming: the batch of step s is a pure function of (seed, s), and the checkpoint holds the weights,
+AdamW's state and the step, so a run killed and resumed continues exactly as if never stopped
+(bit for bit on a CPU; tests/test_checkpoint.py checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slmbook.config import BOOK, TINY, QwenConfig
+from slmbook.flops import training_flops_per_token
+from slmbook.metrics import bits_per_byte
+from slmbook.qwen import QwenModel
+
+PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# --- configuration ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (the model's shape included). Checked on creation."""
+
+    model: QwenConfig = TINY
+    steps: int = 200  # optimizer steps
+    batch_size: int = 8  # sequences per optimizer step, over all processes and micro-batches
+    grad_accum: int = 1  # micro-batches per step (per process): batch_size / (grad_accum * processes) each
+    context: int = 128  # tokens per training sequence (<= model.context_length)
+    lr: float = 3e-3  # peak learning rate, reached after warm-up
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1  # on matrices only (see `parameter_groups`)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto" = bf16 on a GPU that has it, else fp32
+    compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile's mode: "default", "max-autotune-no-cudagraphs", ...
+    attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (the formula, chapter 8)
+    loss_chunk: int = 0  # 0: the model's own head and loss; n > 0: `fused_linear_cross_entropy`, n tokens at a time
+    fused_optimizer: bool | None = None  # AdamW's fused kernel; None = on for CUDA
+    device: str = "auto"
+    seed: int = 0
+    log_interval: int = 10  # steps between train-loss logs (each costs one GPU sync)
+    eval_interval: int = 50  # steps between evaluations (0 = only at the end)
+    eval_batches: int = 8  # held-out batches of `batch_size` sequences per evaluation (0 = all)
+    checkpoint_interval: int = 0  # steps between checkpoints (0 = only at the end)
+    save_best: bool = False  # checkpoint only after an evaluation that beats the best validation loss
+    sample_tokens: int = 48  # length of the sample story generated at each evaluation (0 = none)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, QwenConfig):
+            raise TypeError(f"TrainConfig.model={self.model!r}: expected a slmbook.config.QwenConfig")
+        for name in ("steps", "batch_size", "grad_accum", "context"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "eval_batches", "checkpoint_interval", "sample_tokens", "eval_interval", "seed",
+                     "loss_chunk"):
+            _check_int(name, getattr(self, name), minimum=0)
+        _check_int("log_interval", self.log_interval, minimum=1)
+        if self.context > self.model.context_length:
+            raise ValueError(f"TrainConfig.context={self.context}: must be <= model.context_length="
+                             f"{self.model.context_length}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by grad_accum="
+                             f"{self.grad_accum}: allowed grad_accum values are "
+                             f"{[d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]}")
+        for name in ("lr", "eps"):
+            _check_float(name, getattr(self, name), low=0.0, low_open=True)
+        _check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _check_float("weight_decay", self.weight_decay, low=0.0)
+        _check_float("grad_clip", self.grad_clip, low=0.0)
+        for name in ("beta1", "beta2"):
+            _check_float(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"TrainConfig.compile_mode={self.compile_mode!r} is unknown; allowed: {COMPILE_MODES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision={self.precision!r} is unknown; allowed: {PRECISIONS}")
+        from slmbook.attention import ATTN_IMPLS
+
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"TrainConfig.attn_impl={self.attn_impl!r} is unknown; allowed: {ATTN_IMPLS}")
+        if self.fused_optimizer not in (None, True, False):
+            raise ValueError(f"TrainConfig.fused_optimizer={self.fused_optimizer!r}: allowed None (auto), True, False")
+        for name in ("compile", "save_best"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: allowed True or False")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.context
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (checked again); unknown names are refused."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise ValueError(f"TrainConfig has no field(s) {unknown}; fields are {sorted(fields)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["model"] = self.model.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        values = dict(values)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"TrainConfig has no field(s) {unknown}; fields are {sorted(fields)}")
+        if isinstance(values.get("model"), dict):
+            values["model"] = QwenConfig.from_dict(values["model"])
+        return cls(**values)
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"TrainConfig.{name}={value!r}: must be an integer >= {minimum}")
+
+
+def _check_float(name, value, low=None, high=None, low_open=False, high_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
+        span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
+        raise ValueError(f"TrainConfig.{name}={value!r}: must be a number in {span}")
+
+
+# The runs the book names; change anything with .replace().
+# "tiny": the notebooks' quick mode and CI, a few minutes on a laptop CPU.
+# "book": chapter 14's run on one GPU: the BOOK model, 1,000 steps of 32 x 512 tokens (16 M tokens, about
+# 7 epochs of the 2.2 M deduplicated local stories; a minute or two on an H100), evaluated on all the
+# validation stories every 50 steps, keeping the checkpoint of the best validation loss (on so little
+# data the model starts memorising after a few epochs).
+PRESETS = {
+    "tiny": TrainConfig(),
+    "book": TrainConfig(model=BOOK, steps=1000, batch_size=32, context=512, lr=1e-3, warmup_steps=50,
+                        compile=True, log_interval=25, eval_interval=50, eval_batches=0,
+                        save_best=True, sample_tokens=120),
+}
+
+
+def training_preset(name: str) -> TrainConfig:
+    """A named training run: 'tiny' or 'book'."""
+    if name not in PRESETS:
+        raise ValueError(f"config={name!r} is unknown; allowed: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# --- the pieces of the loop -------------------------------------------------------------------------
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up from lr/warmup to lr, then a half cosine down to lr * min_lr_ratio at the last step.
+
+    Warm-up: Adam's second-moment estimates are poor for the first steps, so full-size updates
+    would be noisy and large; the cosine then spends most steps at a high rate and ends gently.
+    """
+    c = config
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    decay_steps = max(1, c.steps - 1 - c.warmup_steps)
+    progress = min(1.0, (step - c.warmup_steps) / decay_steps)
+    low = c.lr * c.min_lr_ratio
+    return low + 0.5 * (c.lr - low) * (1 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's two groups: matrices (projections, embeddings) decay, vectors (norm scales) do not.
+
+    Weight decay pulls weights toward 0 to keep them small; a norm's scale is meant to sit near 1 and
+    a bias is a shift, so decaying them only fights the model. A tied matrix appears once.
+    """
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # named_parameters() already yields a shared tensor once
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """torch.optim.AdamW over `parameter_groups`, with the fused CUDA kernel when asked (or auto on CUDA):
+    one kernel launch updates every parameter instead of several per tensor."""
+    fused = config.fused_optimizer if config.fused_optimizer is not None else device.type == "cuda"
+    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                             betas=(config.beta1, config.beta2), eps=config.eps, fused=fused)
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bfloat16 when mixed precision is on, None for plain float32."""
+    if config.precision == "fp32":
+        return None
+    if config.precision == "bf16":
+        from slmbook.env import bf16_supported
+
+        if not bf16_supported(device):
+            raise ValueError(f"precision='bf16' but device={str(device)!r} has no bfloat16; use 'fp32' or 'auto'")
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def token_byte_lengths(encoding) -> torch.Tensor:
+    """UTF-8 bytes of every token id, (n_vocab,) int64; special tokens (<|endoftext|>) count 0 bytes.
+
+    Bits per byte divides the loss by the bytes of text the tokens spell; a story separator spells
+    no text of the story.
+    """
+    special = set()
+    if hasattr(encoding, "special_tokens_set"):
+        special = {encoding.encode_single_token(t) for t in encoding.special_tokens_set}
+    elif hasattr(encoding, "eot_token"):
+        special = {encoding.eot_token}
+    lengths = []
+    for i in range(encoding.n_vocab):
+        if i in special:
+            lengths.append(0)
+        elif hasattr(encoding, "decode_single_token_bytes"):
+            try:
+                lengths.append(len(encoding.decode_single_token_bytes(i)))
+            except KeyError:  # an id with no token (gaps in a vocabulary)
+                lengths.append(0)
+        else:
+            lengths.append(len(encoding.decode([i]).encode("utf-8")))
+    return torch.tensor(lengths, dtype=torch.int64)
+
+
+class StepBatches:
+    """The batch of every optimizer step, read from a token file through `slmbook.dataloader`.
+
+    Sequence number i = step * batch_size + row (row < batch_size, counted over all processes and
+    micro-batches) is window `order(epoch)[i mod W]` of the file, epoch = i // W, where the order is
+    `TokenBatches.order`, a seeded shuffle of the file's windows, and W is the number of windows
+    rounded down to whole batches. Two consequences:
+    - the batch of a step is a pure function of (file, seed, step): a resumed run reads exactly the
+      batches an uninterrupted one would;
+    - process r of N reads only its rows of each micro-batch (its own disjoint shard of the stream),
+      and the rows of all processes together are the one-process batch, whatever N and grad_accum:
+      data-parallel training computes the same thing as one process with the same batch_size.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int, context: int, seed: int = 0,
+                 device: str | torch.device = "cpu"):
+        from slmbook.dataloader import TokenBatches
+
+        self.source = TokenBatches(path, batch_size=batch_size, context_length=context, seed=seed, device=device)
+        self.info, self.batch_size = self.source.info, batch_size
+        windows = len(self.source.windows)
+        self.per_epoch = windows - windows % batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"{path}: {windows} windows of {context + 1} tokens are fewer than "
+                             f"batch_size={batch_size}; "
+                             "use more data, a smaller batch_size or a shorter context")
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = self.source.order(epoch)
+        return self._orders[epoch]
+
+    def windows(self, start: int, count: int) -> np.ndarray:
+        """Window numbers of sequences start .. start + count - 1."""
+        index = np.arange(start, start + count)
+        epochs, positions = index // self.per_epoch, index % self.per_epoch
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            out[here] = self.order(int(epoch))[positions[here]]
+        return out
+
+    def batch(self, step: int, micro: int = 0, grad_accum: int = 1, rank: int = 0,
+              world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of micro-batch `micro` of process `rank` at optimizer step `step`, on the device."""
+        per = self.batch_size // (grad_accum * world_size)
+        start = step * self.batch_size + (micro * world_size + rank) * per
+        return self.source.batch(self.windows(start, per))
+
+    def epochs(self, steps: int) -> float:
+        """Passes over the training windows that `steps` optimizer steps make."""
+        return steps * self.batch_size / self.per_epoch
+
+
+# --- the output head and the loss, fused -----------------------------------------------------------
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy of (hidden @ weight^T) against targets, a chunk of tokens at a time, with the
+    gradients computed during the forward pass. Why: the logits of a batch are tokens x vocabulary
+    numbers (32,768 x 50,257 bf16 = 3.3 GB for a 32 x 1,024 batch), written, read and written again
+    around the loss; in chunks they never exist in full, and each chunk is used while it is fresh.
+
+    Per chunk of rows: logits = h @ W^T, lse = logsumexp(logits), loss += lse - logits[target], and
+    the gradient of the mean loss with respect to the logits is (softmax - one_hot(target)) / N, so
+    dL/dh = that @ W and dL/dW += that^T @ h. Backward only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype):
+        n = hidden.shape[0]
+        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen explicitly
+            h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            grad_h = torch.empty_like(h)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, n, chunk):
+                hc, yc = h[start : start + chunk], targets[start : start + chunk]
+                logits = (hc @ w.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total = total + (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+                g = torch.exp(logits - lse[:, None])  # softmax
+                g.scatter_add_(1, yc[:, None], torch.full((yc.shape[0], 1), -1.0, device=g.device))
+                g = (g / n).to(compute_dtype)
+                grad_h[start : start + chunk] = g @ w
+                grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        return (grad_h * grad_output).to(h_dtype), (grad_w * grad_output).to(w_dtype), None, None, None
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               chunk: int = 4096) -> torch.Tensor:
+    """F.cross_entropy(hidden @ weight.T, targets) (mean over tokens) without the full logits.
+
+    hidden (tokens, dim), weight (vocab, dim), targets (tokens,). Under autocast the products run
+    in the autocast dtype and the softmax in float32, as in the model's own loss.
+    """
+    if hidden.ndim != 2 or targets.shape != hidden.shape[:1] or weight.ndim != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets {tuple(targets.shape)}: "
+                         "expected (tokens, dim), (vocab, dim) and (tokens,)")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk={chunk!r}: must be a positive integer")
+    device = hidden.device.type
+    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    return FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk, compute)
+
+
+class FusedLossModel(torch.nn.Module):
+    """`model` whose training forward ends in `fused_linear_cross_entropy` instead of lm_head + the
+    model's loss: forward(x, y) -> (None, loss). A module, so that DDP and torch.compile wrap it."""
+
+    def __init__(self, model: QwenModel, chunk: int):
+        super().__init__()
+        self.model, self.chunk = model, chunk
+
+    def forward(self, x, y):
+        hidden = self.model.forward_hidden(x)
+        loss = fused_linear_cross_entropy(hidden.flatten(0, 1), self.model.lm_head.weight, y.flatten(), self.chunk)
+        return None, loss
+
+
+# --- the trainer ------------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """What a run logged: train rows every log_interval steps, eval rows every eval_interval."""
+
+    train: list[dict] = field(default_factory=list)
+    eval: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"train": self.train, "eval": self.eval, "samples": self.samples}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "History":
+        return cls(list(values.get("train", [])), list(values.get("eval", [])), list(values.get("samples", [])))
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world_size) of this process: (0, 1) unless torch.distributed is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+OOM_ADVICE = ("out of GPU memory during a training step. Lower, in this order: batch_size per micro-batch "
+              "(raise grad_accum to keep the same batch: batch_size={batch} / grad_accum={accum} = {micro} "
+              "sequences at a time now), context={context} (memory grows with it, attention's part "
+              "quadratically without SDPA), or turn compile={compile} on (fused kernels keep fewer "
+              "activations) and keep precision='bf16'; with a large vocabulary, loss_chunk=4096 never holds "
+              "the full tokens x vocabulary logits.")
+
+
+class Trainer:
+    """Trains a QwenModel on token files: `Trainer(config, "data/train.bin", "data/validation.bin").run()`.
+
+    train / val: token files written by `slmbook.dataloader` (`write_token_file`, `prepare_token_files`).
+    encoding: the tokenizer (for sample stories and bits per byte); optional.
+    out: checkpoint folder; resume=True continues from the checkpoint there if it exists.
+    peak_flops: the device's peak FLOP/s for MFU; None = the published bf16/tf32 figure of a known GPU.
+    model: train this module instead of a fresh QwenModel(config.model): anything that, like QwenModel,
+        returns logits from `forward(x)` and (logits, loss) from `forward(x, y)`; e.g. transformers'
+        Qwen3ForCausalLM in a thin wrapper, which the benchmark races through this same loop.
+    """
+
+    def __init__(self, config: TrainConfig, train: str | Path, val: str | Path | None = None, encoding=None,
+                 out: str | Path | None = None, resume: bool = False, peak_flops: float | None = None,
+                 progress: bool = True, prompt: str = "Once upon a time", model: torch.nn.Module | None = None):
+        from slmbook.env import pick_device, seed_everything
+
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config={config!r}: expected a slmbook.training.TrainConfig")
+        self.config = config
+        self.rank, self.world_size = distributed_context()
+        if config.batch_size % (config.grad_accum * self.world_size):
+            raise ValueError(
+                f"batch_size={config.batch_size} is not divisible by grad_accum * processes = "
+                f"{config.grad_accum} * {self.world_size}: every process needs the same number of whole sequences")
+        self.micro_batch = config.batch_size // (config.grad_accum * self.world_size)
+        if self.world_size > 1 and torch.cuda.is_available() and config.device in ("auto", "cuda"):
+            import os
+
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = pick_device(config.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # float32 products on tensor cores
+            torch.backends.cudnn.allow_tf32 = True
+        self.amp_dtype = autocast_dtype(config, self.device)
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        self.encoding, self.prompt = encoding, prompt
+        self.out = Path(out) if out is not None else None
+
+        seed_everything(config.seed)  # the same initial weights in every process
+        if model is None:
+            model = QwenModel(config.model, attn_impl=config.attn_impl)
+        self.model = model.to(self.device)
+        self.optimizer = make_optimizer(self.model, config, self.device)
+        self.train_data = StepBatches(train, config.batch_size, config.context, config.seed, self.device)
+        self.val_data = None
+        if val is not None:
+            from slmbook.dataloader import TokenBatches
+
+            self.val_data = TokenBatches(val, self.micro_batch, config.context, shuffle=False, device=self.device)
+        if config.save_best and val is None:
+            raise ValueError("save_best=True keeps the checkpoint of the best validation loss: pass val=... "
+                             "(validation data) or set save_best=False")
+        for name, data in (("train", self.train_data), ("val", self.val_data)):
+            if data is not None and data.info.n_vocab > config.model.vocab_size:
+                raise ValueError(f"{name}={str(data.info.path)!r} was tokenized with {data.info.encoding!r} "
+                                 f"({data.info.n_vocab} ids), more than the model's "
+                                 f"vocab_size={config.model.vocab_size}")
+        self.token_bytes = token_byte_lengths(encoding) if encoding is not None else None
+        self.step = 0
+        self.history = History()
+        self.flops_per_token = training_flops_per_token(config.model, config.context)
+        self.peak_flops = peak_flops if peak_flops is not None else default_peak_flops(self.device, self.amp_dtype)
+        if resume and self.out is not None and (self.out / "training_state.json").is_file():
+            self.load(self.out)
+
+        self.forward = self.model  # what the step calls: the model, possibly wrapped by DDP and compile
+        if config.loss_chunk:
+            if not hasattr(self.model, "forward_hidden") or not hasattr(self.model, "lm_head"):
+                raise ValueError(f"loss_chunk={config.loss_chunk} needs a model with forward_hidden() and lm_head "
+                                 f"(a QwenModel); {type(self.model).__name__} has not: use loss_chunk=0")
+            self.forward = FusedLossModel(self.model, config.loss_chunk)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:
+            self.forward = torch.compile(self.forward, mode=config.compile_mode)
+
+    # -- one optimizer step ------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, measure: bool = False) -> dict:
+        """One optimizer step; returns device tensors (no GPU sync) and, with measure=True, the
+        gradient norm and the update/weight ratio (which cost a sync and a copy of the weights)."""
+        c = self.config
+        lr = learning_rate(self.step, c)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        try:
+            for micro in range(c.grad_accum):
+                # on a GPU the batch comes from pinned memory, non-blocking: the copy overlaps compute
+                x, y = self.train_data.batch(self.step, micro, c.grad_accum, self.rank, self.world_size)
+                last = micro == c.grad_accum - 1
+                # DDP averages gradients across processes in backward; only the last micro-batch needs to.
+                accumulate = self.world_size > 1 and not last and hasattr(self.forward, "no_sync")
+                sync = self.forward.no_sync() if accumulate else contextlib.nullcontext()
+                with sync:
+                    with self.autocast():
+                        loss = self.forward(x, y)[1]  # the logits are dropped here, not held through backward
+                    (loss / c.grad_accum).backward()
+                loss_sum += loss.detach()
+            if c.grad_clip > 0 or measure:
+                max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")  # inf: measure, do not clip
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            else:
+                grad_norm = None
+            before = [p.detach().clone() for p in self.model.parameters()] if measure else None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        except torch.OutOfMemoryError as error:
+            raise torch.OutOfMemoryError(OOM_ADVICE.format(
+                batch=c.batch_size, accum=c.grad_accum, micro=self.micro_batch, context=c.context,
+                compile=c.compile) + f"\n(original error: {error})") from error
+        self.step += 1
+        result = {"loss": loss_sum / c.grad_accum, "lr": lr, "grad_norm": grad_norm}
+        if measure:
+            result["update_ratio"] = update_ratio(before, list(self.model.parameters()))
+        return result
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, batches: int | None = None) -> dict:
+        """Held-out loss (nats per token), perplexity and bits per byte on the validation windows.
+
+        The same windows every time (the first `eval_batches` * batch_size, split across processes),
+        so evaluations are comparable along the run.
+        """
+        if self.val_data is None:
+            raise ValueError("evaluate() needs validation data: pass val=... to Trainer(...)")
+        batches = self.config.eval_batches if batches is None else batches
+        windows = len(self.val_data.windows)
+        total = windows if batches == 0 else min(windows, batches * self.config.batch_size)
+        self.model.eval()
+        total_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        nats = torch.zeros((), dtype=total_dtype, device=self.device)
+        count = torch.zeros((), dtype=total_dtype, device=self.device)
+        nbytes = torch.zeros((), dtype=total_dtype, device=self.device)
+        token_bytes = self.token_bytes.to(self.device) if self.token_bytes is not None else None
+        size = max(1, self.micro_batch)
+        for start in range(self.rank * size, total, size * self.world_size):
+            x, y = self.val_data.batch(np.arange(start, min(start + size, total)))
+            with self.autocast():
+                logits = self.model(x)
+            losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+            nats += losses.to(total_dtype).sum()
+            count += y.numel()
+            if token_bytes is not None:
+                nbytes += token_bytes[y].to(total_dtype).sum()
+        self.model.train()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for value in (nats, count, nbytes):
+                dist.all_reduce(value)
+        loss = (nats / count).item()
+        result = {"step": self.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
+        if token_bytes is not None:
+            result["val_bpb"] = bits_per_byte(nats.item(), int(nbytes.item()))
+        return result
+
+    @torch.no_grad()
+    def sample(self, max_new_tokens: int | None = None, temperature: float = 0.8, top_k: int | None = 50,
+               seed: int = 0) -> str:
+        """A story continued from `prompt` by the model as it is now (seeded: repeatable)."""
+        from slmbook.generation import generate
+
+        if self.encoding is None:
+            raise ValueError("sample() needs the tokenizer: pass encoding=... to Trainer(...)")
+        n = self.config.sample_tokens if max_new_tokens is None else max_new_tokens
+        ids = self.encoding.encode_ordinary(self.prompt)
+        n = min(n, self.config.model.context_length - len(ids))
+        self.model.eval()
+        with self.autocast():
+            out = generate(self.model, ids, n, temperature=temperature, top_k=top_k, seed=seed,
+                           stop_token=getattr(self.encoding, "eot_token", None))
+        self.model.train()
+        return self.encoding.decode([t for t in out.tolist() if t != getattr(self.encoding, "eot_token", -1)])
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, steps: int | None = None) -> History:
+        """Train until step `steps` (default: config.steps), logging, evaluating and saving on the way."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        end = c.steps if steps is None else steps
+        if not isinstance(end, int) or isinstance(end, bool) or not 0 <= end <= c.steps:
+            raise ValueError(f"steps={steps!r}: must be an integer in [0, config.steps={c.steps}]")
+        bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress)
+        self.model.train()
+        last_time, last_step = time.perf_counter(), self.step
+        running = torch.zeros((), device=self.device)
+        while self.step < end:
+            log = (self.step + 1) % c.log_interval == 0 or self.step + 1 == end
+            out = self.train_step(measure=log)
+            running += out["loss"]
+            if log:
+                steps_done = self.step - last_step
+                if self.world_size > 1:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(running)  # sum over processes (gloo has no average)
+                loss = running.item() / (steps_done * self.world_size)  # the one sync of the interval
+                now = time.perf_counter()
+                tokens_per_s = steps_done * c.tokens_per_step / (now - last_time)
+                row = {
+                    "step": self.step, "loss": loss, "lr": out["lr"], "grad_norm": float(out["grad_norm"]),
+                    "update_ratio": out["update_ratio"], "tokens_per_s": tokens_per_s,
+                    "mfu": tokens_per_s * self.flops_per_token / self.peak_flops if self.peak_flops else None,
+                    "tokens_seen": self.step * c.tokens_per_step,
+                    "epochs": self.train_data.epochs(self.step),
+                }
+                self.history.train.append(row)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{out['lr']:.1e}")
+                running.zero_()
+                last_time, last_step = time.perf_counter(), self.step
+            if self.val_data is not None and (self.step == end or c.eval_interval and self.step % c.eval_interval == 0):
+                self.log_evaluation()
+                last_time = time.perf_counter()  # evaluation time is not training throughput
+            periodic = self.out is not None and not c.save_best and c.checkpoint_interval
+            if periodic and self.step % c.checkpoint_interval == 0:
+                self.save(self.out)
+                last_time = time.perf_counter()
+            bar.update(1)
+        bar.close()
+        saved_last = c.checkpoint_interval and self.step % c.checkpoint_interval == 0
+        if self.out is not None and not c.save_best and not saved_last:
+            self.save(self.out)
+        return self.history
+
+    def log_evaluation(self) -> dict:
+        """Evaluate, log a sample story, and with save_best keep the checkpoint of the best model so far
+        (on a small data set the validation loss turns up once the model starts to memorise it)."""
+        best = min((r["val_loss"] for r in self.history.eval), default=math.inf)
+        row = self.evaluate()
+        self.history.eval.append(row)
+        if self.encoding is not None and self.config.sample_tokens and self.is_main:
+            self.history.samples.append({"step": self.step, "text": self.sample()})
+        if self.config.save_best and self.out is not None and row["val_loss"] < best:
+            self.save(self.out)
+        return row
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path | None:
+        """Write a checkpoint (rank 0 only; other processes wait for it)."""
+        from slmbook import checkpoint
+
+        path = None
+        if self.is_main:
+            eos = getattr(self.encoding, "eot_token", None)
+            path = checkpoint.save_checkpoint(
+                folder, self.model, self.optimizer, self.step, self.config.to_dict(),
+                extra={"history": self.history.to_dict(), "world_size": self.world_size,
+                       "tokenizer": getattr(self.encoding, "name", None)},
+                eos_token_id=eos)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return path
+
+    def load(self, folder: str | Path) -> None:
+        """Continue from a checkpoint: weights, AdamW state, step and history."""
+        from slmbook import checkpoint
+
+        state = checkpoint.read_state(folder)
+        stored = TrainConfig.from_dict(state["train_config"]) if state.get("train_config") else None
+        if stored is not None:
+            ours = self.config.to_dict()
+            differ = {k for k, v in stored.to_dict().items() if k not in RESUMABLE_CHANGES and ours[k] != v}
+            if differ:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {str(folder)!r} belongs to another run: "
+                    + ", ".join(f"{k}={getattr(stored, k)!r} there but {getattr(self.config, k)!r} here"
+                                for k in sorted(differ))
+                    + f". Use another --out folder, or the same settings (allowed to change: "
+                      f"{sorted(RESUMABLE_CHANGES)})")
+        checkpoint.load_weights(self.model, folder, state)
+        checkpoint.load_optimizer(self.optimizer, folder, state)
+        self.step = state["step"]
+        self.history = History.from_dict(state.get("history", {}))
+
+
+# Settings that change how fast a run goes or what it logs, not what it computes: a resumed run may
+# change them (resume on another device, with compile on). Everything else (steps included: the
+# learning-rate schedule depends on it) must match the checkpoint.
+RESUMABLE_CHANGES = {"device", "compile", "compile_mode", "fused_optimizer", "attn_impl", "loss_chunk", "log_interval",
+                     "eval_interval", "eval_batches", "checkpoint_interval", "sample_tokens", "save_best"}
+
+
+def update_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """||new - old|| / ||old|| over all weights: how big a step was relative to the weights.
+
+    Around 1e-3 is healthy; much larger means the learning rate is too high (the weights are being
+    rewritten, not refined), much smaller that the model is barely moving.
+    """
+    diff = torch.sqrt(sum(((a.detach().float() - b.float()) ** 2).sum() for a, b in zip(after, before)))
+    norm = torch.sqrt(sum((b.float() ** 2).sum() for b in before))
+    return float(diff / norm)
+
+
+def default_peak_flops(device: torch.device, amp_dtype) -> float | None:
+    """The published dense peak (FLOP/s) of a known GPU for the precision in use; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    from slmbook.hardware import known_peak
+
+    peak = known_peak(torch.cuda.get_device_name(device))
+    if peak is None:
+        return None
+    key = "bf16" if amp_dtype == torch.bfloat16 else "tf32"
+    return peak.tflops.get(key, 0) * 1e12 or None
+
+
+# --- debugging aids ---------------------------------------------------------------------------------
+
+
+def loss_at_init(model: QwenModel, tokens: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """(loss of the untrained model, ln(vocab_size)).
+
+    A freshly initialised model should be unsure of everything: nearly uniform over the vocabulary,
+    so its loss is about ln(V) (10.8 nats for GPT-2's 50,257 tokens). Much higher means the initial
+    logits are too large (a bad init scale): the first steps are then spent undoing it.
+    """
+    model.eval()
+    with torch.no_grad():
+        _, loss = model(tokens, targets)
+    model.train()
+    return loss.item(), math.log(model.config.vocab_size)
+
+
+def overfit_one_batch(config: TrainConfig, tokens: torch.Tensor, targets: torch.Tensor, steps: int = 100,
+                      lr: float = 3e-3) -> list[float]:
+    """Train on one batch again and again; the loss must go to near 0.
+
+    The first check of any new model or loop: if it cannot memorise 8 sequences, something is
+    broken (targets not shifted, gradients not flowing, a frozen layer), and no amount of data helps.
+    """
+    from slmbook.env import seed_everything
+
+    seed_everything(config.seed)
+    model = QwenModel(config.model, attn_impl=config.attn_impl)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        _, loss = model(tokens, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses

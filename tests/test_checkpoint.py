@@ -1,0 +1,200 @@
+"""Checkpoints: transformers loads them, a killed run resumes bit for bit, damage is refused clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from slmbook import checkpoint, train as cli
+from slmbook.checkpoint import CheckpointError, atomic_write, find_trained, load_model, save_checkpoint
+from slmbook.config import QwenConfig
+from slmbook.data import load_stories
+from slmbook.dataloader import write_token_file
+from slmbook.qwen import QwenModel
+from slmbook.tokenizer import CharTokenizer
+from slmbook.training import TrainConfig, Trainer
+
+SMALL = QwenConfig(vocab_size=128, context_length=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)
+RUN = TrainConfig(model=SMALL, steps=6, batch_size=4, context=16, lr=3e-3, warmup_steps=2, log_interval=1,
+                  eval_interval=3, eval_batches=1, sample_tokens=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    stories = load_stories("validation", source="sample", verbose=False)[:120]
+    tokenizer = CharTokenizer.train(stories)
+    folder = tmp_path_factory.mktemp("chars")
+    write_token_file(stories[:100], tokenizer, folder / "train.bin", progress=False)
+    write_token_file(stories[100:], tokenizer, folder / "validation.bin", progress=False)
+    return folder / "train.bin", folder / "validation.bin"
+
+
+def random_model(config=SMALL, seed=0):
+    torch.manual_seed(seed)
+    model = QwenModel(config)
+    with torch.no_grad():  # every weight at a scale where a mapping error cannot hide
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.3 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_transformers_loads_the_checkpoint_and_gives_the_same_logits(tmp_path, tied):
+    from transformers import Qwen3ForCausalLM
+
+    model = random_model(SMALL.replace(tie_embeddings=tied)).eval()
+    save_checkpoint(tmp_path, model, step=7)
+    hf = Qwen3ForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = hf(ids).logits, model(ids)
+    assert expected.abs().max() > 1.0
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert (hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()) == tied
+    again = load_model(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(again(ids), got)
+
+
+def test_resumed_run_gives_bitwise_the_same_losses_as_an_uninterrupted_one(tmp_path, data):
+    whole = Trainer(RUN, *data, out=tmp_path / "whole", progress=False)
+    expected = whole.run()
+    first = Trainer(RUN, *data, out=tmp_path / "split", progress=False)
+    first.run(3)
+    first.save(tmp_path / "split")
+    del first  # the process that trained steps 1-3 is gone
+    second = Trainer(RUN, *data, out=tmp_path / "split", resume=True, progress=False)
+    assert second.step == 3
+    got = second.run()
+    assert [r["loss"] for r in got.train] == [r["loss"] for r in expected.train]  # bit for bit
+    assert [r["val_loss"] for r in got.eval] == [r["val_loss"] for r in expected.eval]
+    for a, b in zip(second.model.parameters(), whole.model.parameters()):
+        assert torch.equal(a, b)
+
+
+KILLED_RUN = """
+import os, sys
+import slmbook.training as training
+save = training.Trainer.save
+def save_then_die(self, folder):
+    save(self, folder)
+    if self.step == 2:
+        os._exit(137)  # killed right after the step-2 checkpoint: no cleanup, no final save
+training.Trainer.save = save_then_die
+from slmbook.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_cli_run_resumes_to_the_same_losses(tmp_path):
+    data = cli.sample_data(tmp_path / "data")
+    args = ["--config", "tiny", "--steps", "4", "--batch-size", "2", "--context", "16", "--log-interval", "1",
+            "--eval-interval", "4", "--eval-batches", "1", "--sample-tokens", "0", "--checkpoint-interval", "2",
+            "--device", "cpu", "--data", str(data), "--no-progress"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *args, "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 137, killed.stderr
+    assert json.loads((tmp_path / "run" / "training_state.json").read_text())["step"] == 2
+    assert cli.main([*args, "--out", str(tmp_path / "run")]) == 0  # resumes from step 2
+    assert cli.main([*args, "--out", str(tmp_path / "straight")]) == 0
+    resumed = json.loads((tmp_path / "run" / "training_state.json").read_text())["history"]
+    straight = json.loads((tmp_path / "straight" / "training_state.json").read_text())["history"]
+    assert [r["step"] for r in resumed["train"]] == [1, 2, 3, 4]
+    assert [r["loss"] for r in resumed["train"]] == [r["loss"] for r in straight["train"]]
+    assert resumed["eval"][-1]["val_loss"] == straight["eval"][-1]["val_loss"]
+
+
+def test_optimizer_state_round_trips(tmp_path, data):
+    t = Trainer(RUN, *data, out=tmp_path, progress=False)
+    t.run(2)
+    t.save(tmp_path)
+    fresh = Trainer(RUN, *data, out=tmp_path, resume=True, progress=False)
+    a, b = t.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for key in a["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(a["state"][key][name], b["state"][key][name])
+
+
+# --- damage and mismatch ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path, data):
+    t = Trainer(RUN, *data, progress=False)
+    t.run(1)
+    t.save(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_a_changed_weight_file_is_refused_as_corrupt(saved):
+    path = saved / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt or mixed: model.safetensors does not match the SHA-256"):
+        load_model(saved)
+
+
+def test_a_truncated_state_file_or_a_missing_file_is_a_clear_error(saved):
+    (saved / "optimizer.pt").unlink()
+    with pytest.raises(CheckpointError, match="incomplete: optimizer.pt is missing"):
+        checkpoint.read_state(saved)
+    (saved / "training_state.json").write_text('{"format": "slmbook-checkp')
+    with pytest.raises(CheckpointError, match="corrupt: not valid JSON"):
+        checkpoint.read_state(saved)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.read_state(saved / "nope")
+
+
+def test_weights_for_another_shape_are_refused_naming_the_fields(saved):
+    with pytest.raises(CheckpointError, match="dim=32 in the checkpoint but 48 in the model"):
+        checkpoint.load_weights(QwenModel(SMALL.replace(dim=48)), saved)
+
+
+def test_resuming_with_other_settings_is_refused_naming_them(saved, data):
+    with pytest.raises(CheckpointError, match=r"lr=0.003 there but 0.001 here"):
+        Trainer(RUN.replace(lr=1e-3), *data, out=saved, resume=True, progress=False)
+    # speed switches may change between the run and its resumption
+    Trainer(RUN.replace(log_interval=2), *data, out=saved, resume=True, progress=False)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write(path, lambda f: f.write(b"old"))
+
+    def fail(f):
+        f.write(b"half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left behind
+
+
+def test_find_trained_finds_a_verified_checkpoint_or_none(tmp_path, saved):
+    assert find_trained("book", root=tmp_path) is None
+    assert find_trained("ckpt", root=tmp_path) == saved
+    (saved / "config.json").write_text("{}")
+    with pytest.warns(UserWarning, match="ignoring"):
+        assert find_trained("ckpt", root=tmp_path) is None
+    with pytest.raises(ValueError, match="name='a/b'"):
+        find_trained("a/b", root=tmp_path)
+
+
+def test_save_best_keeps_the_checkpoint_of_the_lowest_validation_loss(tmp_path, data):
+    # a far too high constant learning rate: the validation loss falls, then jumps at the last step
+    config = RUN.replace(steps=3, eval_interval=1, save_best=True, lr=0.5, warmup_steps=0, min_lr_ratio=1.0)
+    t = Trainer(config, *data, out=tmp_path, progress=False)
+    history = t.run()
+    best = min(history.eval, key=lambda r: r["val_loss"])
+    assert best["step"] < 3 and history.eval[-1]["val_loss"] > best["val_loss"] + 1
+    assert json.loads((tmp_path / "training_state.json").read_text())["step"] == best["step"]
+    model = load_model(tmp_path)
+    t.model.load_state_dict(model.state_dict())
+    assert t.evaluate()["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)

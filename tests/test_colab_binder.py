@@ -1,0 +1,72 @@
+"""Colab and Binder, without their servers: the set-up cell's behaviour and binder's resolution."""
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+import types
+from pathlib import Path
+
+import pytest
+from IPython.core.inputtransformer2 import TransformerManager
+
+from slmbook import notebooks
+from slmbook.chapters import CHAPTERS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_setup_cell(monkeypatch, on_colab: bool):
+    """Execute the set-up cell as IPython would, recording pip calls and magics instead of running them."""
+    calls, magics = [], []
+    if on_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    shell = types.SimpleNamespace(run_line_magic=lambda name, arg: magics.append((name, arg)))
+    code = TransformerManager().transform_cell(notebooks.setup_cell_source())
+    exec(compile(code, "setup-cell", "exec"), {"get_ipython": lambda: shell})
+    return calls, magics
+
+
+def test_setup_cell_installs_from_github_on_colab(monkeypatch):
+    calls, magics = _run_setup_cell(monkeypatch, on_colab=True)
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q",
+                      "slmbook @ git+https://github.com/slmbook/slmbook@main"]]
+    assert magics == [("matplotlib", "inline")]
+
+
+def test_setup_cell_does_nothing_elsewhere(monkeypatch):
+    calls, magics = _run_setup_cell(monkeypatch, on_colab=False)
+    assert calls == [] and magics == [("matplotlib", "inline")]
+
+
+def test_every_notebook_starts_with_the_setup_cell():
+    for ch in CHAPTERS:
+        path = notebooks.notebooks_dir() / ch.notebook
+        if path.exists():
+            cell = json.loads(path.read_text())["cells"][1]
+            assert "".join(cell["source"]).strip() == notebooks.setup_cell_source().strip(), ch.notebook
+
+
+def test_binder_resolves_to_the_pyproject_dependencies(tmp_path):
+    """Resolve what binder/postBuild installs (pip --dry-run) and compare it with pyproject.toml."""
+    post = (ROOT / "binder" / "postBuild").read_text()
+    line = next(l for l in post.splitlines() if "pip install" in l)
+    args = line.split("pip install", 1)[1].split()
+    args = [a for i, a in enumerate(args) if not a.startswith("--extra-index-url")
+            and not (i and args[i - 1] == "--extra-index-url")]  # the CPU wheel index is not reachable offline
+    report = tmp_path / "report.json"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report",
+                             str(report), *[a.strip('"') for a in args]],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resolved = json.loads(report.read_text())["install"]
+    [slmbook] = [r for r in resolved if r["metadata"]["name"] == "slmbook"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    expected = set(project["dependencies"]) | {f'{d}; extra == "{extra}"' for extra, deps in
+                                               project["optional-dependencies"].items() for d in deps}
+    assert set(slmbook["metadata"]["requires_dist"]) == expected
+    assert re.search(r'\.\[lab\]', line)

@@ -1,0 +1,195 @@
+"""Curation tools on real TinyStories text, checked against Python's own codecs and brute force."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from slmbook.curation import (
+    MinHasher,
+    QualityThresholds,
+    curate,
+    estimated_jaccard,
+    exact_dedup,
+    find_mojibake,
+    jaccard,
+    lsh_bands,
+    lsh_candidate_probability,
+    lsh_candidates,
+    near_duplicates,
+    non_printable_ratio,
+    normalize,
+    quality_filters,
+    repair_mojibake,
+    repetition_ratio,
+    shingles,
+    word_count,
+)
+from slmbook.data import load_stories
+
+
+@pytest.fixture(scope="module")
+def valid():
+    return load_stories("validation", source="sample", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_stories("train", source="sample", verbose=False)
+
+
+def damage(text: str) -> str:
+    """How the mojibake arose: UTF-8 bytes read as Windows-1252, its undefined bytes dropped."""
+    return text.encode("utf-8").decode("cp1252", errors="ignore")
+
+
+# --- mojibake -------------------------------------------------------------------------------
+
+
+def test_repair_inverts_the_damage_on_the_real_damaged_stories(valid):
+    damaged = [s for s in valid if "â€" in s]
+    assert len(damaged) == 51  # the data README: 51 of the 1,000 validation stories
+    for story in damaged:
+        fixed, counts = repair_mojibake(story)
+        assert "â€" not in fixed and counts["mojibake"] + counts["mojibake lost byte"] == story.count("â€")
+        assert damage(fixed) == story  # Python's cp1252 codec takes the repair back to the original bytes
+
+
+def test_no_false_repairs_on_clean_real_stories(train, valid):
+    clean = train + [s for s in valid if "â€" not in s]
+    assert any("“" in s or "’" in s for s in train)  # real curly quotes and dashes are in there
+    for story in clean:
+        assert repair_mojibake(story) == (story, {})
+
+
+@pytest.mark.parametrize("text", ["café naïve", "groß”", "«CAFÉ»", "Ñandú", "ÀÁÂ œuvre", "2 × 3 ± 1"])
+def test_legitimate_accents_are_left_alone(text):
+    assert repair_mojibake(text)[0] == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab .\n\"'“”‘’–—…éüñçÉ€™🙂日"), max_size=40))
+def test_repair_undoes_damage_of_arbitrary_text(text):
+    assume(damage(text) != text)
+    assert repair_mojibake(damage(text))[0] == text
+
+
+def test_find_and_normalize_count_what_changed():
+    text = "â€œHi!â€ she said.\r\nIt was Ã©tÃ©."
+    assert find_mojibake(text) == [("â€œ", "“"), ("â€", "”"), ("Ã©", "é"), ("Ã©", "é")]
+    fixed, counts = normalize(text)
+    assert fixed == "“Hi!” she said.\nIt was été."
+    assert counts == {"mojibake": 3, "mojibake lost byte": 1, "line endings": 1}
+    decomposed = "cafe\u0301"
+    assert normalize(decomposed) == ("café", {"unicode NFC": 1})
+
+
+# --- exact and near duplicates --------------------------------------------------------------
+
+
+def test_exact_dedup_keeps_first_copy(valid):
+    stories = valid[:20] + [valid[3], valid[7].replace("\n", "\n\n"), valid[0] + "  "]
+    kept, removed = exact_dedup(stories)
+    assert kept == valid[:20]
+    assert removed == [20, 21, 22]
+
+
+def test_shingles_and_jaccard():
+    assert len(shingles("One two three four five six", n=5)) == 2
+    assert shingles("a b", n=5) == shingles("A  B", n=5)
+    a, b = {1, 2, 3, 4}, {3, 4, 5}
+    assert jaccard(a, b) == pytest.approx(2 / 5)
+
+
+def test_minhash_estimates_jaccard_on_real_story_pairs(valid):
+    hasher = MinHasher(num_perm=256, seed=1)
+    sets = [shingles(s, 2) for s in valid[:12]]
+    sigs = hasher.signatures(sets)
+    for i, j in itertools.combinations(range(12), 2):
+        exact = jaccard(sets[i], sets[j])
+        sigma = max(np.sqrt(exact * (1 - exact) / 256), 0.01)
+        assert abs(estimated_jaccard(sigs[i], sigs[j]) - exact) < 5 * sigma
+    assert np.array_equal(sigs, MinHasher(num_perm=256, seed=1).signatures(sets))
+
+
+def test_lsh_candidate_rate_follows_the_s_curve():
+    # shingles are CRC-32 hashes: sets of such values with Jaccard similarity exactly 60 / 100
+    values = [zlib.crc32(f"shingle {i}".encode()) for i in range(100)]
+    a, b = set(values[:80]), set(values[20:])
+    assert jaccard(a, b) == 0.6
+    bands, rows = 8, 4
+    trials = 400
+    hits = 0
+    for seed in range(trials):
+        sigs = MinHasher(bands * rows, seed=seed).signatures([a, b])
+        hits += (0, 1) in lsh_candidates(sigs, bands, rows)
+    p = lsh_candidate_probability(0.6, bands, rows)
+    assert abs(hits / trials - p) < 4 * np.sqrt(p * (1 - p) / trials)
+
+
+def test_lsh_bands_put_the_threshold_near_the_s_curve_midpoint():
+    bands, rows = lsh_bands(128, 0.8)
+    assert bands * rows <= 128
+    assert abs((1 / bands) ** (1 / rows) - 0.8) < 0.05
+    # pairs well above the threshold are almost never missed, pairs well below rarely proposed
+    assert lsh_candidate_probability(0.9, bands, rows) > 0.99
+    assert lsh_candidate_probability(0.6, bands, rows) < 0.1
+
+
+def test_near_duplicates_finds_every_pair_brute_force_finds(valid):
+    # real stories, plus copies with one sentence dropped (a typical near-duplicate)
+    base = valid[100:160]
+    edited = [s.replace(s.split(". ")[1] + ". ", "", 1) for s in base[:15] if s.count(". ") > 3]
+    stories = base + edited
+    threshold = 0.7
+    sets = [shingles(s) for s in stories]
+    truth = {(i, j) for i, j in itertools.combinations(range(len(stories)), 2) if jaccard(sets[i], sets[j]) >= threshold}
+    assert len(truth) >= 10
+    found = near_duplicates(stories, threshold=threshold, num_perm=128, seed=0)
+    assert {(i, j) for i, j, _ in found.pairs} == truth
+    assert all(sim == pytest.approx(jaccard(sets[i], sets[j])) for i, j, sim in found.pairs)
+    assert len(found.to_remove) == len(truth)  # each edited copy joins its original's cluster
+
+
+# --- quality filters and the pipeline -------------------------------------------------------
+
+
+def test_filter_statistics():
+    assert repetition_ratio("a b c a b c") == pytest.approx(1 - 3 / 4)
+    assert repetition_ratio("one two") == 0.0
+    assert non_printable_ratio("ab\x00\u200b\n") == pytest.approx(2 / 5)
+    assert word_count("Hello, world! It's 3 o'clock.") == 7
+
+
+def test_quality_filters_report_each_filter(valid):
+    stories = [valid[0], "Too short.", "yum " * 50, valid[1] + "\x07" * 100]
+    kept, rejected = quality_filters(stories, QualityThresholds(min_words=20))
+    assert kept == [valid[0]]
+    assert rejected == {"too short": [1], "too long": [], "repetitive": [2], "non-printable": [3]}
+
+
+def test_curate_counts_add_up(valid, train):
+    stories = valid[:300] + train[:200] + valid[:5]
+    kept, report = curate(stories, near_threshold=0.8)
+    assert report.stories_in == 505
+    assert report.exact_duplicates == 5
+    assert report.stories_out == len(kept) == 505 - 5 - report.near_duplicates - report.quality_removed
+    assert report.stories_normalized == sum(1 for s in valid[:300] if "â€" in s)
+    assert not any("â€" in s for s in kept)
+    assert [n for _, n in report.table()][-1] == len(kept)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="threshold"):
+        lsh_bands(128, 1.5)
+    with pytest.raises(ValueError, match="num_perm"):
+        MinHasher(0)
+    with pytest.raises(ValueError, match="n="):
+        shingles("abc", 0)
+    with pytest.raises(TypeError, match="text"):
+        normalize(b"bytes")
