@@ -110,7 +110,8 @@ def _write_widget_notebook(path: Path) -> None:
 
 def _open_and_run_all(browser, lab, name: str, timeout_s: float = 300):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{lab['base']}/lab/tree/{name}?token={lab['token']}")
+    # A workspace of its own, reset, so no notebook opened earlier comes back as a hidden tab.
+    page.goto(f"{lab['base']}/lab/workspaces/e2e-{Path(name).stem}/tree/{name}?reset&token={lab['token']}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     # The kernel is ready when the status bar says so; only then does "Run All Cells" run anything.
     page.wait_for_selector(".jp-StatusBar-TextItem:text-matches('\\| Idle$')", timeout=120_000)
