@@ -30,17 +30,6 @@ from slmbook.curation import (
     shingles,
     word_count,
 )
-from slmbook.data import load_stories
-
-
-@pytest.fixture(scope="module")
-def valid():
-    return load_stories("validation", source="sample", verbose=False)
-
-
-@pytest.fixture(scope="module")
-def train():
-    return load_stories("train", source="sample", verbose=False)
 
 
 def damage(text: str) -> str:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from slmbook.curation import normalize
-from slmbook.data import load_stories
 from slmbook.dataloader import (
     TokenBatches,
     in_validation,
@@ -21,16 +20,6 @@ from slmbook.dataloader import (
     write_token_file,
 )
 from slmbook.tokenizer import CharTokenizer, gpt2_encoding
-
-
-@pytest.fixture(scope="module")
-def valid():
-    return load_stories("validation", source="sample", verbose=False)
-
-
-@pytest.fixture(scope="module")
-def train():
-    return load_stories("train", source="sample", verbose=False)
 
 
 @pytest.fixture(scope="module")
