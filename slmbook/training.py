@@ -20,6 +20,9 @@ Speed rules the loop follows (they matter on a GPU, where a step takes milliseco
 - batches come from pinned (page-locked) CPU memory with `non_blocking=True`, so the copy to the
   GPU overlaps with compute.
 - TF32 matrix products for whatever still runs in float32.
+- with compile_mode="reduce-overhead" the compiled step is replayed as CUDA graphs: a small model's
+  step takes milliseconds, about as long as Python needs to launch its hundreds of kernels one by one.
+- tokens/s counts training time only: the clock stops (after a sync) around evaluations and saves.
 
 Data-parallel training (`torchrun --nproc_per_node N -m slmbook.train ...`): each process holds a
 full model replica wrapped in DistributedDataParallel and reads its own disjoint part of every
@@ -175,13 +178,23 @@ def _check_float(name, value, low=None, high=None, low_open=False, high_open=Fal
 # "book": chapter 14's run on one GPU: the BOOK model, 1,000 steps of 32 x 512 tokens (16 M tokens, about
 # 7 epochs of the 2.2 M deduplicated local stories; a minute or two on an H100), evaluated on all the
 # validation stories every 50 steps, keeping the checkpoint of the best validation loss (on so little
-# data the model starts memorising after a few epochs).
+# data the model starts memorising after a few epochs). Its fast path: torch.compile with CUDA graphs
+# ("reduce-overhead": a small model's step is too short to launch its hundreds of kernels one by one
+# from Python) and the fused output head + loss.
 PRESETS = {
     "tiny": TrainConfig(),
     "book": TrainConfig(model=BOOK, steps=1000, batch_size=32, context=512, lr=1e-3, warmup_steps=50,
-                        compile=True, log_interval=25, eval_interval=50, eval_batches=0,
-                        save_best=True, sample_tokens=120),
+                        compile=True, compile_mode="reduce-overhead", loss_chunk=8192, log_interval=25,
+                        eval_interval=50, eval_batches=0, save_best=True, sample_tokens=120),
 }
+# torch.compile modes that capture CUDA graphs; DDP's gradient all-reduce hooks run between the graphs'
+# pieces, so data-parallel runs use the same kernels without graphs (`compile_mode_for`).
+CUDA_GRAPH_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def compile_mode_for(mode: str, world_size: int) -> str:
+    """The torch.compile mode to use: `mode`, without CUDA graphs when several processes train (DDP)."""
+    return CUDA_GRAPH_MODES.get(mode, mode) if world_size > 1 else mode
 
 
 def training_preset(name: str) -> TrainConfig:
@@ -347,14 +360,16 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(h)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            vocab = torch.arange(weight.shape[0], device=weight.device)
             for start in range(0, n, chunk):
                 hc, yc = h[start : start + chunk], targets[start : start + chunk]
                 logits = (hc @ w.t()).float()
                 lse = torch.logsumexp(logits, dim=-1)
                 total = total + (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
-                g = torch.exp(logits - lse[:, None])  # softmax
-                g.scatter_add_(1, yc[:, None], torch.full((yc.shape[0], 1), -1.0, device=g.device))
-                g = (g / n).to(compute_dtype)
+                # softmax - one_hot(target), written element-wise so that torch.compile makes it one
+                # pass over the logits (a scatter in the middle would cost two more)
+                is_target = vocab[None, :] == yc[:, None]
+                g = ((torch.exp(logits - lse[:, None]) - is_target.float()) / n).to(compute_dtype)
                 grad_h[start : start + chunk] = g @ w
                 grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w)
@@ -513,12 +528,21 @@ class Trainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.forward = DistributedDataParallel(  # wraps the fused-loss module too, if there is one
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.compile:
-            self.forward = torch.compile(self.forward, mode=config.compile_mode)
+            mode = compile_mode_for(config.compile_mode, self.world_size)
+            if mode != config.compile_mode and self.is_main:
+                print(f"compile_mode={config.compile_mode!r} captures CUDA graphs, which DDP's gradient "
+                      f"all-reduce cannot run inside: compiling with mode={mode!r}")
+            self.forward = torch.compile(self.forward, mode=mode)
 
     # -- one optimizer step ------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (a GPU runs ahead of Python; a CPU does not)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -634,6 +658,7 @@ class Trainer:
         bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress)
         self.model.train()
         last_time, last_step = time.perf_counter(), self.step
+        train_seconds = 0.0  # training time of the current log interval, evaluations and saves left out
         running = torch.zeros((), device=self.device)
         while self.step < end:
             log = (self.step + 1) % c.log_interval == 0 or self.step + 1 == end
@@ -646,8 +671,8 @@ class Trainer:
 
                     dist.all_reduce(running)  # sum over processes (gloo has no average)
                 loss = running.item() / (steps_done * self.world_size)  # the one sync of the interval
-                now = time.perf_counter()
-                tokens_per_s = steps_done * c.tokens_per_step / (now - last_time)
+                train_seconds += time.perf_counter() - last_time
+                tokens_per_s = steps_done * c.tokens_per_step / train_seconds
                 row = {
                     "step": self.step, "loss": loss, "lr": out["lr"], "grad_norm": float(out["grad_norm"]),
                     "update_ratio": out["update_ratio"], "tokens_per_s": tokens_per_s,
@@ -658,13 +683,18 @@ class Trainer:
                 self.history.train.append(row)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{out['lr']:.1e}")
                 running.zero_()
-                last_time, last_step = time.perf_counter(), self.step
-            if self.val_data is not None and (self.step == end or c.eval_interval and self.step % c.eval_interval == 0):
-                self.log_evaluation()
-                last_time = time.perf_counter()  # evaluation time is not training throughput
+                train_seconds, last_time, last_step = 0.0, time.perf_counter(), self.step
+            evaluate = self.val_data is not None and (
+                self.step == end or c.eval_interval and self.step % c.eval_interval == 0)
             periodic = self.out is not None and not c.save_best and c.checkpoint_interval
-            if periodic and self.step % c.checkpoint_interval == 0:
-                self.save(self.out)
+            save = periodic and self.step % c.checkpoint_interval == 0
+            if evaluate or save:  # not training throughput: close the interval's clock around them
+                self.synchronize()  # the queued training steps finish first and count as training
+                train_seconds += time.perf_counter() - last_time
+                if evaluate:
+                    self.log_evaluation()
+                if save:
+                    self.save(self.out)
                 last_time = time.perf_counter()
             bar.update(1)
         bar.close()

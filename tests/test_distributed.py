@@ -16,16 +16,20 @@ ARGS = ["--config", "tiny", "--steps", "4", "--batch-size", "4", "--context", "3
         "--sample-tokens", "0", "--device", "cpu", "--no-progress"]
 
 
-def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("loss_chunk", [0, 48], ids=["model-loss", "fused-loss"])
+def test_two_processes_give_the_loss_curve_of_one_with_the_same_global_batch(tmp_path, loss_chunk):
+    """Both ways to end the forward pass: the model's own head and loss, and the fused head + loss
+    (DDP must wrap the module the step calls, or its gradients are never averaged)."""
+    args = [*ARGS, "--loss-chunk", str(loss_chunk)]
     data = cli.sample_data(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "slmbook.train", *ARGS, "--data", str(data), "--out", str(tmp_path / "ddp")],
+         "-m", "slmbook.train", *args, "--data", str(data), "--out", str(tmp_path / "ddp")],
         capture_output=True, text=True, timeout=120, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count('"steps": 4') == 1  # only rank 0 logs the summary
-    assert cli.main([*ARGS, "--data", str(data), "--out", str(tmp_path / "one")]) == 0
+    assert cli.main([*args, "--data", str(data), "--out", str(tmp_path / "one")]) == 0
 
     ddp = json.loads((tmp_path / "ddp" / "training_state.json").read_text())
     one = json.loads((tmp_path / "one" / "training_state.json").read_text())

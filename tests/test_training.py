@@ -195,6 +195,26 @@ def test_log_rows_hold_throughput_mfu_gradient_norm_and_update_ratio(data):
     assert history.train[-1]["loss"] < history.train[0]["loss"] + 1.0
 
 
+def test_throughput_counts_training_time_only_not_evaluations_or_saves(data, tmp_path, monkeypatch):
+    """A clock that only training steps advance (1 s each): every logged interval must read exactly
+    tokens_per_step tokens/s, however the evaluations and checkpoints fall between the logs."""
+    import slmbook.training as training
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["now"])
+    t = trainer(data, RUN.replace(steps=8, log_interval=4, eval_interval=2, checkpoint_interval=3), out=tmp_path)
+    step = t.train_step
+
+    def timed_step(*args, **kwargs):
+        clock["now"] += 1.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(t, "train_step", timed_step)
+    history = t.run()
+    assert [r["step"] for r in history.train] == [4, 8]
+    assert [r["tokens_per_s"] for r in history.train] == [RUN.tokens_per_step] * 2
+
+
 def test_samples_are_logged_at_each_evaluation_with_the_tokenizer(data, chars):
     tokenizer, _ = chars
     t = trainer(data, RUN.replace(sample_tokens=10), encoding=tokenizer, prompt="Once")
