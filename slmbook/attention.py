@@ -54,12 +54,14 @@ def scaled_dot_product_attention(
     causal: bool = True,
     impl: str = "manual",
     return_weights: bool = False,
+    mask: torch.Tensor | None = None,
 ):
     """softmax(q k^T / sqrt(head_dim) + causal mask) v for q (B, H, Tq, D) and k, v (B, H_kv, Tk, D).
 
     H must be a multiple of H_kv; each key/value head serves H / H_kv consecutive query heads (the
     layout of `transformers`' `repeat_kv`). With `return_weights=True` (manual path only) it returns
-    (output, weights) with weights (B, H, Tq, Tk).
+    (output, weights) with weights (B, H, Tq, Tk). `mask` (boolean, broadcastable to (Tq, Tk), True
+    where a query may look) replaces the causal rule: a static KV cache's keys include empty slots.
     """
     check_attn_impl(impl)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -74,6 +76,8 @@ def scaled_dot_product_attention(
     if impl == "sdpa":
         if return_weights:
             raise ValueError("return_weights=True needs impl='manual': the fused kernel never forms the weights")
+        if mask is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
         if not causal or q_len == 1:  # one new token may see every cached key: no mask needed
             return F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1)
         if q_len == k_len:  # training and prefill: the kernel's own triangle, no mask tensor
@@ -87,8 +91,9 @@ def scaled_dot_product_attention(
         v = v.repeat_interleave(groups, dim=1)
     scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk): how well each query matches each key
     scores = scores * (1.0 / math.sqrt(q.shape[-1]))  # keep the logits' spread independent of D
-    if causal:
-        scores = scores.masked_fill(~causal_mask(q_len, k_len, device=q.device), float("-inf"))
+    if mask is not None or causal:
+        allowed = mask if mask is not None else causal_mask(q_len, k_len, device=q.device)
+        scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # each row sums to 1 over the keys
     out = weights @ v  # (B, H, Tq, D): a weighted mix of the values
     return (out, weights) if return_weights else out
@@ -162,7 +167,9 @@ class GroupedQueryAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         impl = "manual" if return_weights else self.attn_impl
-        result = scaled_dot_product_attention(q, k, v, causal=True, impl=impl, return_weights=return_weights)
+        mask = kv_cache.mask if getattr(kv_cache, "static", False) else None
+        result = scaled_dot_product_attention(q, k, v, causal=True, impl=impl, return_weights=return_weights,
+                                              mask=mask)
         out, weights = result if return_weights else (result, None)
         out = self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
         return (out, weights) if return_weights else out

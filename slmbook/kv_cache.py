@@ -11,14 +11,18 @@ The price is memory, exactly
 
 which is why grouped-query attention (fewer key/value heads) matters at inference time.
 
-Two storage strategies, one class:
+Three storage strategies, one class:
 - preallocated (`max_tokens` given): one buffer per layer for all tokens up front, written in place.
-  No copies while generating and a fixed address, the choice for `torch.compile` and CUDA graphs.
+  No copies while generating; attention reads the first `length` positions.
 - growing (`max_tokens=None`): tensors concatenated step by step; holds only what it stores.
+- static (`static=True`, with `max_tokens`): preallocated, and the write position lives on the device
+  (`offset`) instead of in Python, so a decode step has the same shapes and addresses every time:
+  attention reads the whole buffer through a mask (key position <= query position). That is what a
+  CUDA graph needs: record one step, replay it for every token (`slmbook.generation`, cache="static").
 
-Use: the model reads `cache.length` (tokens stored, hence the position of the next token), every
-attention layer calls `update(layer, k, v)`, and after the last layer the model calls
-`advance(new_tokens)`.
+Use: the model reads `cache.length` (tokens stored, hence the position of the next token), or for a
+static cache `cache.begin(new_tokens)` (the positions, as a device tensor); every attention layer
+calls `update(layer, k, v)`, and after the last layer the model calls `advance(new_tokens)`.
 """
 
 from __future__ import annotations
@@ -55,12 +59,17 @@ class KVCache:
     """Keys and values of every layer, (batch, n_kv_heads, tokens, head_dim) each."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, batch_size: int = 1,
-                 max_tokens: int | None = None, dtype="float32", device=None):
+                 max_tokens: int | None = None, dtype="float32", device=None, static: bool = False):
         for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
                             ("batch_size", batch_size)):
             _positive_int(name, value)
         if max_tokens is not None:
             _positive_int("max_tokens", max_tokens)
+        if static not in (True, False):
+            raise ValueError(f"static={static!r}: allowed True or False")
+        if static and max_tokens is None:
+            raise ValueError("static=True needs max_tokens: a static cache is preallocated")
+        self.static = static
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.batch_size, self.max_tokens = batch_size, max_tokens
         self.dtype = torch_dtype(dtype)
@@ -73,28 +82,52 @@ class KVCache:
             shape = (batch_size, n_kv_heads, max_tokens, head_dim)
             self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n_layers)]
             self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(n_layers)]
+        if static:
+            self.offset = torch.zeros(1, dtype=torch.long, device=self.device)  # tokens stored, on the device
+            self._slots = torch.arange(max_tokens, device=self.device)
+            self.positions = self.mask = None  # of the tokens being added: set by begin()
 
     @classmethod
-    def for_model(cls, model, batch_size: int = 1, max_tokens: int | None = None, dtype=None) -> "KVCache":
+    def for_model(cls, model, batch_size: int = 1, max_tokens: int | None = None, dtype=None,
+                  static: bool = False) -> "KVCache":
         """A cache shaped for `model` (a QwenModel), on its device, in its parameters' dtype."""
         config = model.config
         param = next(model.parameters())
         return cls(config.n_layers, config.n_kv_heads, config.head_dim, batch_size, max_tokens,
-                   dtype=param.dtype if dtype is None else dtype, device=param.device)
+                   dtype=param.dtype if dtype is None else dtype, device=param.device, static=static)
 
     @property
     def preallocated(self) -> bool:
         return self.max_tokens is not None
 
+    def begin(self, new_tokens: int) -> torch.Tensor:
+        """Static cache: the positions of the next `new_tokens` tokens (a device tensor, read from
+        `offset` without a sync) and the attention mask (new_tokens, max_tokens) that lets each of
+        them see the stored keys and the new ones up to itself."""
+        if not self.static:
+            raise ValueError("begin() is for a static cache (static=True); others use cache.length")
+        if self.length + new_tokens > self.max_tokens:
+            raise ValueError(f"KV cache is full: {self.length} stored + {new_tokens} new > max_tokens={self.max_tokens}")
+        self.positions = self.offset + self._slots[:new_tokens]
+        self.mask = self._slots[None, :] <= self.positions[:, None]
+        return self.positions
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store layer's new k, v (batch, n_kv_heads, new, head_dim) after the `length` stored ones;
-        return all of this layer's keys and values so far."""
+        return all of this layer's keys and values so far (a static cache: its whole buffers, to be
+        read through `mask`)."""
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer={layer}: this cache has layers 0..{self.n_layers - 1}")
         expected = (self.batch_size, self.n_kv_heads, k.shape[2], self.head_dim)
         if tuple(k.shape) != expected or tuple(v.shape) != expected:
             raise ValueError(f"k, v have shapes {tuple(k.shape)}, {tuple(v.shape)}; this cache expects {expected} "
                              "(batch, n_kv_heads, new tokens, head_dim)")
+        if self.static:
+            if self.positions is None or self.positions.shape[0] != k.shape[2]:
+                raise RuntimeError("call begin(new_tokens) before update() on a static cache")
+            self.keys[layer].index_copy_(2, self.positions, k.to(self.dtype))
+            self.values[layer].index_copy_(2, self.positions, v.to(self.dtype))
+            return self.keys[layer], self.values[layer]
         start, end = self.length, self.length + k.shape[2]
         if self.max_tokens is not None:
             if end > self.max_tokens:
@@ -115,10 +148,15 @@ class KVCache:
     def advance(self, new_tokens: int) -> None:
         """Commit `new_tokens` positions once every layer has stored them."""
         self.length += new_tokens
+        if self.static:
+            self.offset += new_tokens  # on the device: a recorded CUDA graph replays this too
 
     def reset(self) -> None:
         """Forget everything (a preallocated cache keeps its buffers)."""
         self.length = 0
+        if self.static:
+            self.offset.zero_()
+            self.positions = self.mask = None
         if self.max_tokens is None:
             self.keys = [None] * self.n_layers
             self.values = [None] * self.n_layers
@@ -138,5 +176,6 @@ class KVCache:
 
     def __repr__(self) -> str:
         kind = f"preallocated max_tokens={self.max_tokens}" if self.preallocated else "growing"
+        kind = f"static {kind}" if self.static else kind
         return (f"KVCache(layers={self.n_layers}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
                 f"batch={self.batch_size}, length={self.length}, {kind}, dtype={self.dtype})")

@@ -172,7 +172,8 @@ class QwenModel(nn.Module):
     def forward_hidden(self, input_ids: torch.Tensor, kv_cache=None, return_attention: bool = False):
         """Final normalised hidden states (B, T, dim): everything but the output head.
 
-        With a KV cache the tokens are placed after the `kv_cache.length` already stored.
+        With a KV cache the tokens are placed after the `kv_cache.length` already stored (a static cache
+        gives their positions as a device tensor, so that the step can be recorded as a CUDA graph).
         """
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (
                 torch.int64, torch.int32):
@@ -187,7 +188,11 @@ class QwenModel(nn.Module):
                 f"{seq} tokens" + (f" after {start} cached" if start else "")
                 + f" exceed the model's context_length={self.config.context_length}"
             )
-        cos, sin = self.rope.cos_sin(start, seq)
+        if getattr(kv_cache, "static", False):  # positions from the device: no Python int in the step
+            positions = kv_cache.begin(seq)
+            cos, sin = self.rope.cos[positions], self.rope.sin[positions]
+        else:
+            cos, sin = self.rope.cos_sin(start, seq)
         x = self.embed_tokens(input_ids)
         attentions = []
         for layer in self.layers:

@@ -52,6 +52,7 @@ def test_cached_and_uncached_generation_give_identical_tokens(sampling):
     assert no_cache.shape == (2, 35)
     assert torch.equal(generate(model, prompt, 30, **sampling), no_cache)
     assert torch.equal(generate(model, prompt, 30, cache="growing", **sampling), no_cache)
+    assert torch.equal(generate(model, prompt, 30, cache="static", **sampling), no_cache)
 
 
 def test_seed_makes_sampling_repeatable():

@@ -59,6 +59,41 @@ def test_cache_stores_exactly_the_keys_and_values_of_a_full_pass():
         torch.testing.assert_close(step.values[layer][:, :, :10], full.values[layer], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
+def test_static_cache_gives_the_logits_of_a_full_pass_through_its_mask(attn_impl):
+    """A static cache attends over its whole buffer, empty slots included, through the mask: the
+    logits must still be those of the full sequence, for a prompt and then token by token."""
+    torch.manual_seed(0)
+    model = QwenModel(CONFIG, attn_impl=attn_impl)
+    ids = torch.randint(0, 64, (2, 12))
+    cache = KVCache.for_model(model, batch_size=2, max_tokens=16, static=True)
+    with torch.no_grad():
+        expected = model(ids)
+        steps = [model(ids[:, :5], kv_cache=cache)] + [model(ids[:, t:t + 1], kv_cache=cache) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-5, rtol=1e-5)
+    assert cache.length == 12 and cache.offset.item() == 12
+    assert cache.mask.shape == (1, 16) and cache.mask.sum().item() == 12  # the last token saw 12 keys
+    cache.reset()
+    assert cache.length == 0 and cache.offset.item() == 0
+
+
+def test_static_cache_arguments_and_order_of_calls():
+    with pytest.raises(ValueError, match="static=True needs max_tokens"):
+        KVCache(1, 2, 4, static=True)
+    with pytest.raises(ValueError, match="static='yes'"):
+        KVCache(1, 2, 4, max_tokens=4, static="yes")
+    with pytest.raises(ValueError, match="begin"):
+        KVCache(1, 2, 4, max_tokens=4).begin(1)
+    cache = KVCache(1, 2, 4, max_tokens=4, static=True)
+    k = torch.randn(1, 2, 1, 4)
+    with pytest.raises(RuntimeError, match="begin"):
+        cache.update(0, k, k)
+    cache.begin(3)
+    cache.advance(3)
+    with pytest.raises(ValueError, match="max_tokens=4"):
+        cache.begin(2)
+
+
 def test_preallocated_cache_refuses_overflow_and_resets():
     cache = KVCache(1, 2, 4, max_tokens=3)
     k = torch.randn(1, 2, 2, 4)
