@@ -2,7 +2,7 @@
 
 A checkpoint is one folder (the book's convention: `runs/<run name>/`, e.g. `runs/book/`):
 
-    config.json           the model's shape as a Hugging Face Qwen3 config
+    config.json           the model's shape as a Hugging Face Qwen3 (or Qwen3-MoE) config
     model.safetensors     the weights under transformers' names (the tied head stored once)
     optimizer.pt          AdamW's moments and step counters (torch.save), only for resuming
     training_state.json   step, model and training configs, history, and a SHA-256 of each file above
@@ -89,12 +89,24 @@ def sha256(path: str | Path) -> str:
 
 
 def hf_config_dict(config: QwenConfig, eos_token_id: int | None = None) -> dict:
-    """The Hugging Face config.json of a model of shape `config` (no `transformers` import needed)."""
-    values = hf_config_kwargs(config)
+    """The Hugging Face config.json of a model of shape `config` (no `transformers` import needed):
+    Qwen3 for a dense model, Qwen3-MoE for a mixture of experts (chapter 13). A model transformers has
+    no class for (an MoE with shared experts, sigmoid routing, capacity or balance bias; no QK-norm)
+    gets a config.json that says so instead of one that would build a different model."""
+    try:
+        if config.is_moe:
+            from slmbook.moe import hf_moe_config_kwargs
+
+            values, model_type, architecture = hf_moe_config_kwargs(config), "qwen3_moe", "Qwen3MoeForCausalLM"
+        else:
+            values, model_type, architecture = hf_config_kwargs(config), "qwen3", "Qwen3ForCausalLM"
+    except ValueError as error:
+        return {"model_type": "slmbook_qwen", "architectures": [],
+                "transformers_equivalent": f"none: {error}", "slmbook_config": config.to_dict()}
     theta = values.pop("rope_theta")
     values.update(
-        model_type="qwen3",
-        architectures=["Qwen3ForCausalLM"],
+        model_type=model_type,
+        architectures=[architecture],
         rope_parameters={"rope_type": "default", "rope_theta": theta},
         rope_theta=theta,  # older transformers (4.x) read it here
         dtype=config.dtype,

@@ -85,13 +85,20 @@ def format_bytes(n: float) -> str:
 
 
 def parameter_counts(config: QwenConfig) -> dict[str, int]:
-    """Trainable parameters by part; a tied output head shares the embedding and adds nothing."""
+    """Trainable parameters by part; a tied output head shares the embedding and adds nothing. For a
+    mixture of experts (chapter 13) the feed-forward holds every expert and the router: all of them
+    sit in memory, even though each token uses only a few (`slmbook.moe.parameter_counts`)."""
     c = _check_config(config)
     q_width, kv_width = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    if c.is_moe:
+        experts = (c.n_experts + c.n_shared_experts) * 3 * c.dim * c.expert_hidden_dim
+        feed_forward = c.n_layers * (experts + c.n_experts * c.dim)  # + the router's (n_experts, dim) matrix
+    else:
+        feed_forward = c.n_layers * 3 * c.dim * c.hidden_dim
     return {
         "embedding": c.vocab_size * c.dim,
         "attention": c.n_layers * (2 * c.dim * q_width + 2 * c.dim * kv_width),
-        "feed-forward": c.n_layers * 3 * c.dim * c.hidden_dim,
+        "feed-forward": feed_forward,
         "norms": c.n_layers * (2 * c.dim + (2 * c.head_dim if c.qk_norm else 0)) + c.dim,
         "output head": 0 if c.tie_embeddings else c.vocab_size * c.dim,
     }

@@ -368,7 +368,15 @@ def from_pretrained(folder: str | Path, dtype=None, context_length: int | None =
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"folder={str(folder)!r} has no *.safetensors weight files")
-    config = config_from_hf(json.loads(config_path.read_text()), dtype=dtype, context_length=context_length)
+    hf_config = json.loads(config_path.read_text())
+    if hf_config.get("model_type") == "qwen3_moe":  # chapter 13's mixture of experts
+        from slmbook.moe import config_from_hf_moe
+
+        config = config_from_hf_moe(hf_config, dtype=dtype)
+        if context_length is not None:
+            config = config.replace(context_length=context_length)
+    else:
+        config = config_from_hf(hf_config, dtype=dtype, context_length=context_length)
     model = QwenModel(config, attn_impl=attn_impl)
     state = {}
     for file in files:

@@ -60,6 +60,36 @@ def test_transformers_loads_the_checkpoint_and_gives_the_same_logits(tmp_path, t
         assert torch.equal(again(ids), got)
 
 
+def test_a_mixture_of_experts_checkpoint_is_a_qwen3_moe_folder_for_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from slmbook.qwen import from_pretrained
+
+    model = random_model(SMALL.replace(n_experts=4, n_experts_per_token=2, moe_hidden_dim=16)).eval()
+    save_checkpoint(tmp_path, model)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "qwen3_moe" and config["architectures"] == ["Qwen3MoeForCausalLM"]
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert type(hf).__name__ == "Qwen3MoeForCausalLM"
+    ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = hf(ids).logits, model(ids)
+        assert (got - expected).abs().max().item() <= 1e-5
+        assert torch.equal(from_pretrained(tmp_path, attn_impl="sdpa").eval()(ids), got)
+
+
+def test_a_model_transformers_cannot_build_gets_a_config_that_says_so(tmp_path):
+    model = random_model(SMALL.replace(n_experts=4, n_experts_per_token=2, moe_hidden_dim=16, n_shared_experts=1))
+    save_checkpoint(tmp_path, model)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "slmbook_qwen" and config["architectures"] == []
+    assert "n_shared_experts" in config["transformers_equivalent"]
+    assert QwenConfig.from_dict(config["slmbook_config"]) == model.config
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path)(ids), model.eval()(ids))
+
+
 def test_resumed_run_gives_bitwise_the_same_losses_as_an_uninterrupted_one(tmp_path, data):
     whole = Trainer(RUN, *data, out=tmp_path / "whole", progress=False)
     expected = whole.run()

@@ -15,6 +15,8 @@ SMALL = TINY.replace(vocab_size=1000)
 @pytest.mark.parametrize("config", [
     SMALL, SMALL.replace(tie_embeddings=False), SMALL.replace(qk_norm=False),
     SMALL.replace(n_heads=4, n_kv_heads=1, head_dim=24), BOOK,
+    SMALL.replace(n_experts=4, n_experts_per_token=2, moe_hidden_dim=32),
+    SMALL.replace(n_experts=8, n_experts_per_token=2, n_shared_experts=1, moe_hidden_dim=16),
 ])
 def test_parameter_count_equals_the_model(config):
     with torch.device("meta"):
