@@ -1,17 +1,18 @@
 """Chapter 14's quality run: our Qwen trained on deduplicated TinyStories on one GPU, in minutes.
 
     python benchmarks/prepare_tinystories.py            # once: .data/tinystories/{train,validation}.bin
-    python benchmarks/train_tinystories_gpu.py          # one GPU, about 5 minutes on an H100
+    python benchmarks/train_tinystories_gpu.py          # one GPU, about 7 minutes on an H100
     python benchmarks/train_tinystories_gpu.py --smoke  # CPU, tiny model, under a minute: does it run?
 
 What limits the loss? The same number of optimizer steps (the same compute per model) is spent on
   - book:         the book's model (dim 512, 8 layers, GQA 8/4 heads, 51 M parameters with the
                   embedding) on all training stories: the main run, saved to runs/book/;
   - book-25%:     the same model on a quarter of the stories (4x more epochs);
-  - small:        a model with half the width and layers (dim 256, 4 layers) on all stories.
-If the quarter-data run ends far worse while the small model ends close to the book model, data is
-what limits the loss, not model size; the validation curve turning up (memorising the training
-stories) says the same.
+  - small:        a model with half the width and layers (dim 256, 4 layers) on all stories;
+  - large:        a model with 1.5x the width and layers (dim 768, 12 layers, 121 M parameters).
+If the quarter-data run ends far worse while the small and large models end close to the book model,
+data is what limits the loss, not model size; the validation curve turning up (memorising the
+training stories) says the same.
 
 Each run evaluates on all 1,000 official validation stories (never trained on: prepare_tinystories
 removes them and their near-copies from training) every half epoch and keeps the checkpoint of the
@@ -41,6 +42,7 @@ from slmbook.training import TrainConfig, Trainer, training_preset  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 PROMPTS = ("Once upon a time", "One day, a little girl named Lily", "Tom and his dog")
 SMALL = BOOK.replace(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=768)
+LARGE = BOOK.replace(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, hidden_dim=2304)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Run:
     data_fraction: float
 
 
-FULL_RUNS = (Run("book", BOOK, 1.0), Run("book-25%", BOOK, 0.25), Run("small", SMALL, 1.0))
+FULL_RUNS = (Run("book", BOOK, 1.0), Run("book-25%", BOOK, 0.25), Run("small", SMALL, 1.0), Run("large", LARGE, 1.0))
 SMOKE_RUNS = (Run("tiny", TINY, 1.0), Run("tiny-25%", TINY, 0.25))
 
 
@@ -232,6 +234,9 @@ def report(summary: dict, argv) -> str:
     if {"book", "small"} <= set(by_name):
         d = by_name["small"]["best_val_loss"] - by_name["book"]["best_val_loss"]
         lines += [f"Model size: the half-width, half-depth model differs by {d:+.3f} nats/token on all the stories."]
+    if {"book", "large"} <= set(by_name):
+        d = by_name["large"]["best_val_loss"] - by_name["book"]["best_val_loss"]
+        lines += [f"Model size: the 1.5x-width, 1.5x-depth model differs by {d:+.3f} nats/token on all the stories."]
     lines += ["", "Samples (temperature 0.8, top-k 50, from each run's best checkpoint):", ""]
     for r in done:
         for s in r["samples"]:
