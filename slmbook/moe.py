@@ -508,11 +508,7 @@ def to_transformers_moe(model, attn_implementation: str = "eager"):
     """A transformers Qwen3MoeForCausalLM with our MoE model's weights."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from slmbook.dtypes import torch_dtype
+    from slmbook.qwen import build_transformers_model
 
     hf_config = Qwen3MoeConfig(**hf_moe_config_kwargs(model.config), attn_implementation=attn_implementation)
-    hf_model = Qwen3MoeForCausalLM(hf_config).to(torch_dtype(model.config.dtype)).eval()
-    missing, unexpected = hf_model.load_state_dict(to_hf_moe_state_dict(model), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"transformers model did not take every weight: missing {missing}, unexpected {unexpected}")
-    return hf_model
+    return build_transformers_model(Qwen3MoeForCausalLM, hf_config, to_hf_moe_state_dict(model), model.config.dtype)

@@ -343,8 +343,13 @@ def to_transformers(model: QwenModel, attn_implementation: str = "eager"):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     hf_config = Qwen3Config(**hf_config_kwargs(model.config), attn_implementation=attn_implementation)
-    hf_model = Qwen3ForCausalLM(hf_config).to(torch_dtype(model.config.dtype)).eval()
-    missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
+    return build_transformers_model(Qwen3ForCausalLM, hf_config, to_hf_state_dict(model), model.config.dtype)
+
+
+def build_transformers_model(model_class, hf_config, hf_state: dict[str, torch.Tensor], dtype):
+    """`model_class(hf_config)` in `dtype`, eval mode, holding `hf_state`; every weight must be taken."""
+    hf_model = model_class(hf_config).to(torch_dtype(dtype)).eval()
+    missing, unexpected = hf_model.load_state_dict(hf_state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"transformers model did not take every weight: missing {missing}, unexpected {unexpected}")
     return hf_model
