@@ -109,6 +109,10 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
     check_sampling(temperature, top_k, top_p, config.vocab_size)
     if cache not in CACHE_KINDS:
         raise ValueError(f"cache={cache!r}: allowed {CACHE_KINDS}")
+    if cache == "static" and getattr(config, "is_moe", False) and next(model.parameters()).device.type == "cuda":
+        raise ValueError("cache='static' replays decode steps as a CUDA graph, which needs the same shapes at "
+                         "every step; a mixture of experts sends each expert a data-dependent number of tokens "
+                         "(and reads those counts on the CPU): use cache='preallocated'")
     if stop_token is not None and not (isinstance(stop_token, int) and 0 <= stop_token < config.vocab_size):
         raise ValueError(f"stop_token={stop_token!r}: must be None or a token id in [0, {config.vocab_size})")
     if seed is not None and not isinstance(seed, int):
