@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from slmbook.checkpoint import read_state
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 # NVLink multicast stays off (shared hosts): NCCL, PyTorch symmetric memory and NVSHMEM.
@@ -40,7 +42,7 @@ def train(args_list, out: Path, nproc: int, env) -> dict:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     summary = json.loads(summary_file.read_text())
-    state = json.loads((out / "training_state.json").read_text())
+    state = read_state(out)
     summary["val_curve"] = [(row["step"], row["val_loss"]) for row in state["history"].get("eval", [])]
     summary["wall_s"] = time.perf_counter() - start
     summary["world_size"] = state.get("world_size")

@@ -42,12 +42,11 @@ SETUPS = {  # name: (fused AdamW, keep logits through backward)
 }
 
 
-def describe(device: torch.device) -> dict:
+def describe(device: torch.device, peak) -> dict:
     info = {"device": str(device), "cpu": cpu_name(), "torch": torch.__version__,
             "python": platform.python_version(), "cuda": torch.version.cuda}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        peak = hardware.known_peak(props.name)
         info.update({"gpu": props.name, "gpu memory (GiB)": round(props.total_memory / 2**30, 1),
                      "SMs": props.multi_processor_count, "compute capability": f"{props.major}.{props.minor}",
                      "published peak": None if peak is None else
@@ -56,8 +55,7 @@ def describe(device: torch.device) -> dict:
     return info
 
 
-def matmul_rows(device, sizes, repeats) -> list[dict]:
-    peak = hardware.known_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+def matmul_rows(device, sizes, repeats, peak) -> list[dict]:
     rows = []
     for precision in ("fp32", "tf32", "bf16"):
         if precision == "tf32" and device.type != "cuda":
@@ -72,8 +70,7 @@ def matmul_rows(device, sizes, repeats) -> list[dict]:
     return rows
 
 
-def bandwidth_row(device, n_bytes, repeats) -> dict:
-    peak = hardware.known_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+def bandwidth_row(device, n_bytes, repeats, peak) -> dict:
     gbs = hardware.measure_bandwidth(device, n_bytes, repeats=repeats, warmup=2)
     published = peak.bandwidth_gbs if peak else None
     print(f"  copy {n_bytes / 2**20:.0f} MiB: {gbs:.1f} GB/s" + (f"  ({100 * gbs / published:.0f}% of {published})" if published else ""))
@@ -95,7 +92,7 @@ def flash_attention_usable(config, batch, seq_len, device) -> bool | None:
         return None
 
 
-def memory_row(config_name, batch, seq_len, setup, device, timed_steps) -> dict:
+def memory_row(config_name, batch, seq_len, setup, device, timed_steps, peak) -> dict:
     config = PRESETS[config_name]
     fused, keep_logits = SETUPS[setup]
     estimate = memory.training_memory(config, batch, seq_len, "float32", "bfloat16",
@@ -122,17 +119,14 @@ def memory_row(config_name, batch, seq_len, setup, device, timed_steps) -> dict:
             row["reserved"] = torch.cuda.max_memory_reserved(device)
         row["difference_pct"] = 100 * (estimate.peak - row["measured_peak"]) / row["measured_peak"]
         # speed of the same step (after the two already taken)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        hardware.synchronize(device)
         start = time.perf_counter()
         for _ in range(timed_steps):
             memory.train_step(model, ids, targets, optimizer, torch.bfloat16, keep_logits)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        hardware.synchronize(device)
         seconds = (time.perf_counter() - start) / timed_steps
         row["step_seconds"] = seconds
         row["tokens_per_second"] = batch * seq_len / seconds
-        peak = hardware.known_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
         if peak and "bf16" in peak.tflops:
             row["mfu"] = flops.mfu(row["tokens_per_second"], config, seq_len, peak.tflops["bf16"] * 1e12)
         del model, optimizer, ids, targets
@@ -208,11 +202,12 @@ def main(argv=None) -> dict:
     timed_steps = args.timed_steps or (10 if gpu else 1)
     n_bytes = args.bandwidth_bytes or (2**30 if gpu else 2**25)
 
-    report = {"hardware": describe(device)}
+    peak = hardware.describe_device(device)["peak"]  # the published figures, if this GPU is known
+    report = {"hardware": describe(device, peak)}
     print(f"Chapter 3 measurements on {report['hardware']['hardware']} ({device})")
-    report["matmul"] = matmul_rows(device, sizes, repeats)
-    report["bandwidth"] = bandwidth_row(device, n_bytes, repeats)
-    report["memory"] = [memory_row(config_name, b, seq_len, setup, device, timed_steps)
+    report["matmul"] = matmul_rows(device, sizes, repeats, peak)
+    report["bandwidth"] = bandwidth_row(device, n_bytes, repeats, peak)
+    report["memory"] = [memory_row(config_name, b, seq_len, setup, device, timed_steps, peak)
                         for setup in SETUPS for b in batches]
 
     text = markdown(report)

@@ -28,7 +28,7 @@ import torch
 from slmbook.config import PRESETS, QwenConfig
 from slmbook.generation import generate
 from slmbook.qwen import QwenModel
-from slmbook.hardware import cpu_name
+from slmbook.hardware import cpu_name, synchronize
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,12 +68,10 @@ def timed_generate(model, prompt, new_tokens, use_cache, device, cache="prealloc
     On a CPU shared with other jobs the wall clock also counts the time others held the cores; the
     process's CPU time counts only the work done, so both are recorded.
     """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start, start_cpu = time.perf_counter(), time.process_time()
     out = generate(model, prompt, new_tokens, use_cache=use_cache, cache=cache)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     assert out.shape[-1] == prompt.shape[-1] + new_tokens
     return seconds, cpu_seconds

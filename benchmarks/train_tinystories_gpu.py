@@ -98,10 +98,9 @@ def main(argv=None) -> int:
 
     from slmbook import checkpoint
     from slmbook.dataloader import read_token_file
-    from slmbook.generation import generate
     from slmbook.hardware import describe_device
     from slmbook.tokenizer import gpt2_encoding
-    from slmbook.train import data_files, sample_data
+    from slmbook.train import data_files, sample_data, summarize
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     runs = SMOKE_RUNS if args.smoke else FULL_RUNS
@@ -144,7 +143,8 @@ def main(argv=None) -> int:
             results.append({"name": run.name, "skipped": f"time budget ({elapsed:.0f} s used)"})
             continue
         data = subset(train, run.data_fraction, work)
-        n_windows = (read_token_file(data)[1].n_tokens - 1) // first.context
+        train_tokens = read_token_file(data)[1].n_tokens
+        n_windows = (train_tokens - 1) // first.context
         eval_interval = max(1, steps // 2) if args.smoke else max(1, n_windows // first.batch_size // 2)
         config = run_config(run, args.smoke, device, steps, eval_interval)
         out = checkpoint.run_dir(run.name.replace("%", "pct"), runs_dir)
@@ -157,25 +157,20 @@ def main(argv=None) -> int:
         history = trainer.run()
         wall = time.perf_counter() - start
         best = min(history.eval, key=lambda r: r["val_loss"])
-        model = checkpoint.load_model(out, device=trainer.device)  # the best checkpoint
-        samples = []
-        for i, prompt in enumerate(PROMPTS[: 1 if args.smoke else 3]):
-            ids = encoding.encode_ordinary(prompt)
-            new = min(24 if args.smoke else 200, config.model.context_length - len(ids))
-            with torch.no_grad(), trainer.autocast():
-                text = generate(model, ids, new, temperature=0.8, top_k=50, seed=i, stop_token=encoding.eot_token)
-            samples.append(encoding.decode([t for t in text.tolist() if t != encoding.eot_token]))
-        rates = sorted(r["tokens_per_s"] for r in history.train[1:]) or [history.train[-1]["tokens_per_s"]]
+        checkpoint.load_weights(trainer.model, out, checkpoint.read_state(out))  # the best checkpoint
+        samples = [trainer.sample(24 if args.smoke else 200, seed=i, prompt=prompt)
+                   for i, prompt in enumerate(PROMPTS[: 1 if args.smoke else 3])]
+        summary = summarize(trainer, history, wall)
         mfus = sorted(r["mfu"] for r in history.train[1:] if r["mfu"] is not None)
         result = {
             "name": run.name, "data_fraction": run.data_fraction, "model": config.model.to_dict(),
-            "parameters": trainer.model.num_parameters(), "train_tokens": read_token_file(data)[1].n_tokens,
+            "parameters": trainer.model.num_parameters(), "train_tokens": train_tokens,
             "steps": steps, "batch_size": config.batch_size, "context": config.context,
             "tokens_seen": steps * config.tokens_per_step, "epochs": trainer.train_data.epochs(steps),
             "best_val_loss": best["val_loss"], "best_val_bpb": best.get("val_bpb"), "best_step": best["step"],
             "best_epoch": trainer.train_data.epochs(best["step"]),
-            "final_val_loss": history.eval[-1]["val_loss"], "final_train_loss": history.train[-1]["loss"],
-            "tokens_per_s_median": rates[len(rates) // 2], "mfu_median": mfus[len(mfus) // 2] if mfus else None,
+            "final_val_loss": history.eval[-1]["val_loss"], "final_train_loss": summary["train_loss"],
+            "tokens_per_s_median": summary["tokens_per_s_median"], "mfu_median": mfus[len(mfus) // 2] if mfus else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else None,
             "wall_s": wall, "checkpoint": str(out), "samples": samples,
             "history": history.to_dict(),
@@ -185,7 +180,7 @@ def main(argv=None) -> int:
               f"{result['best_epoch']:.1f}; final {result['final_val_loss']:.3f}; {wall:.0f} s; "
               f"{result['tokens_per_s_median']:,.0f} tokens/s", flush=True)
         print(f"sample: {samples[0]!r}", flush=True)
-        del trainer, model
+        del trainer
         if device.startswith("cuda"):
             torch._dynamo.reset()
             torch.cuda.empty_cache()

@@ -217,8 +217,6 @@ def main(argv=None) -> int:
     steps = args.steps or (3 if args.smoke else 50)
     warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
     precision = "bf16" if device.type == "cuda" else "fp32"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
     stem = Path(args.out) if args.out else RESULTS / ("training_throughput_smoke" if args.smoke else "training_throughput")
 
     hw = hardware(device, precision)

@@ -167,7 +167,7 @@ class GroupedQueryAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         impl = "manual" if return_weights else self.attn_impl
-        mask = kv_cache.mask if getattr(kv_cache, "static", False) else None
+        mask = None if kv_cache is None else kv_cache.mask  # a static cache's (None for the others)
         result = scaled_dot_product_attention(q, k, v, causal=True, impl=impl, return_weights=return_weights,
                                               mask=mask)
         out, weights = result if return_weights else (result, None)

@@ -218,7 +218,6 @@ def prepare_token_files(train: Iterable[str | Path], encoding, out_dir: str | Pa
     # train.bin is written first: with the hash split, that pass also collects the validation stories
     if near_threshold is not None:  # near-dedup needs all stories at once
         train_stories = list(train_stories)
-    if near_threshold is not None:
         everything = val_stories + train_stories
         near = near_duplicates(everything, near_threshold, seed=seed, progress=progress)
         drop = set()
@@ -232,10 +231,8 @@ def prepare_token_files(train: Iterable[str | Path], encoding, out_dir: str | Pa
                 drop.update(trains[1:])
                 removed["near duplicates"] += len(trains) - 1
         train_stories = [s for i, s in enumerate(train_stories, start=len(val_stories)) if i not in drop]
-    if isinstance(train_stories, list):
-        train_info = write_token_file(train_stories, encoding, out_dir / "train.bin", progress=progress, total=len(train_stories))
-    else:
-        train_info = write_token_file(train_stories, encoding, out_dir / "train.bin", progress=progress)
+    train_info = write_token_file(train_stories, encoding, out_dir / "train.bin", progress=progress,
+                                  total=len(train_stories) if isinstance(train_stories, list) else None)
     val_info = write_token_file(val_stories, encoding, out_dir / "validation.bin", progress=progress, total=len(val_stories))
     return {"train": train_info, "validation": val_info, "removed": removed}
 

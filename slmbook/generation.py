@@ -109,10 +109,6 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
     check_sampling(temperature, top_k, top_p, config.vocab_size)
     if cache not in CACHE_KINDS:
         raise ValueError(f"cache={cache!r}: allowed {CACHE_KINDS}")
-    if cache == "static" and getattr(config, "is_moe", False) and next(model.parameters()).device.type == "cuda":
-        raise ValueError("cache='static' replays decode steps as a CUDA graph, which needs the same shapes at "
-                         "every step; a mixture of experts sends each expert a data-dependent number of tokens "
-                         "(and reads those counts on the CPU): use cache='preallocated'")
     if stop_token is not None and not (isinstance(stop_token, int) and 0 <= stop_token < config.vocab_size):
         raise ValueError(f"stop_token={stop_token!r}: must be None or a token id in [0, {config.vocab_size})")
     if seed is not None and not isinstance(seed, int):
@@ -126,6 +122,10 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
             f"context_length={config.context_length}"
         )
     device = next(model.parameters()).device
+    if cache == "static" and config.is_moe and device.type == "cuda":
+        raise ValueError("cache='static' replays decode steps as a CUDA graph, which needs the same shapes at "
+                         "every step; a mixture of experts sends each expert a data-dependent number of tokens "
+                         "(and reads those counts on the CPU): use cache='preallocated'")
     ids = ids.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     kv_cache = None
@@ -133,7 +133,7 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
         kv_cache = KVCache.for_model(model, ids.shape[0], static=cache == "static",
                                      max_tokens=None if cache == "growing" else prompt_len + max_new_tokens)
     on_cuda = kv_cache is not None and kv_cache.static and device.type == "cuda"
-    graph = DecodeGraph(model, kv_cache, ids.shape[0]) if on_cuda else None
+    graph = DecodeGraph(model, kv_cache) if on_cuda else None
 
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     new_input = ids
@@ -181,11 +181,11 @@ class DecodeGraph:
     replay adds 1 to `offset`); Python's `length` is kept in step here.
     """
 
-    def __init__(self, model, kv_cache: KVCache, batch_size: int):
-        if not getattr(kv_cache, "static", False):
+    def __init__(self, model, kv_cache: KVCache):
+        if not kv_cache.static:
             raise ValueError("DecodeGraph needs a static KV cache (KVCache(..., static=True))")
         self.model, self.kv_cache = model, kv_cache
-        self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=kv_cache.device)
+        self.tokens = torch.zeros(kv_cache.batch_size, 1, dtype=torch.long, device=kv_cache.device)
         self.graph = self.logits = None
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:

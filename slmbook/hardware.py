@@ -110,7 +110,8 @@ def describe_device(device: str | torch.device = "auto") -> dict:
     return info
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs ahead of Python; a CPU does not)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -121,11 +122,11 @@ def _time(fn, device: torch.device, repeats: int, warmup: int) -> float:
     """Seconds per call of `fn`, averaged over `repeats` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    _synchronize(device)  # wait for queued GPU work so the clock measures only our calls
+    synchronize(device)  # wait for queued GPU work so the clock measures only our calls
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    _synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) / repeats
 
 

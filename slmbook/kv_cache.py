@@ -75,6 +75,7 @@ class KVCache:
         self.dtype = torch_dtype(dtype)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.length = 0
+        self.positions = self.mask = None  # a static cache's: of the tokens being added (set by begin())
         if max_tokens is None:
             self.keys: list[torch.Tensor | None] = [None] * n_layers
             self.values: list[torch.Tensor | None] = [None] * n_layers
@@ -85,7 +86,6 @@ class KVCache:
         if static:
             self.offset = torch.zeros(1, dtype=torch.long, device=self.device)  # tokens stored, on the device
             self._slots = torch.arange(max_tokens, device=self.device)
-            self.positions = self.mask = None  # of the tokens being added: set by begin()
 
     @classmethod
     def for_model(cls, model, batch_size: int = 1, max_tokens: int | None = None, dtype=None,

@@ -327,21 +327,13 @@ def moe_layers(model: nn.Module) -> list[MoEFeedForward]:
 def parameter_counts(config: QwenConfig) -> dict[str, int]:
     """'total' parameters and 'active' ones (used per token: k routed experts + shared experts +
     everything that is not a feed-forward), from the shape alone; tied embeddings counted once."""
-    d, L = config.dim, config.n_layers
-    attention = d * config.n_heads * config.head_dim * 2 + d * config.n_kv_heads * config.head_dim * 2
-    attention += 2 * config.head_dim if config.qk_norm else 0
-    norms = 2 * d
-    embed = config.vocab_size * d * (1 if config.tie_embeddings else 2) + d
+    from slmbook.memory import parameter_count
+
+    total = parameter_count(config)
     if not config.is_moe:
-        ffn_total = ffn_active = 3 * d * config.hidden_dim
-    else:
-        expert = 3 * d * config.expert_hidden_dim
-        shared = config.n_shared_experts * expert
-        router = config.n_experts * d
-        ffn_total = config.n_experts * expert + shared + router
-        ffn_active = config.n_experts_per_token * expert + shared + router
-    common = L * (attention + norms) + embed
-    return {"total": common + L * ffn_total, "active": common + L * ffn_active}
+        return {"total": total, "active": total}
+    unused = config.n_experts - config.n_experts_per_token  # routed experts a token does not visit
+    return {"total": total, "active": total - config.n_layers * unused * 3 * config.dim * config.expert_hidden_dim}
 
 
 def fine_grained(config: QwenConfig, m: int) -> QwenConfig:
@@ -479,7 +471,7 @@ def split_hf_moe_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def config_from_hf_moe(hf_config, dtype=None) -> QwenConfig:
+def config_from_hf_moe(hf_config, dtype=None, context_length: int | None = None) -> QwenConfig:
     """A QwenConfig from a transformers Qwen3MoeConfig (every layer sparse)."""
     from slmbook.qwen import config_from_hf
 
@@ -488,7 +480,7 @@ def config_from_hf_moe(hf_config, dtype=None) -> QwenConfig:
         raise ValueError(f"model_type={c.get('model_type')!r}: expected 'qwen3_moe'")
     if c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1:
         raise ValueError("mlp_only_layers / decoder_sparse_step != 1: our MoE model uses experts in every layer")
-    dense = config_from_hf({**c, "model_type": "qwen3"}, dtype=dtype)
+    dense = config_from_hf({**c, "model_type": "qwen3"}, dtype=dtype, context_length=context_length)
     n_experts = c["num_experts"] if "num_experts" in c else c["num_local_experts"]  # config.json vs to_dict()
     return dense.replace(n_experts=n_experts, n_experts_per_token=c["num_experts_per_tok"],
                          moe_hidden_dim=c["moe_intermediate_size"], router_normalize=bool(c["norm_topk_prob"]),

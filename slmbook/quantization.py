@@ -274,11 +274,6 @@ def quantize_model(model: nn.Module, bits: int = 8, scheme: str = "absmax", gran
     return quantized.eval()
 
 
-def layer_errors(model: nn.Module, skip=("lm_head",), **settings) -> dict[str, dict[str, float]]:
-    """error_stats of every linear layer's weight under the given quantization settings."""
-    return {name: error_stats(m.weight, fake_quantize(m.weight, **settings)) for name, m in _linear_layers(model, skip)}
-
-
 # ------------------------------------------------------------------------------------------------
 # bitsandbytes
 # ------------------------------------------------------------------------------------------------

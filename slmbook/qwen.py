@@ -188,7 +188,7 @@ class QwenModel(nn.Module):
                 f"{seq} tokens" + (f" after {start} cached" if start else "")
                 + f" exceed the model's context_length={self.config.context_length}"
             )
-        if getattr(kv_cache, "static", False):  # positions from the device: no Python int in the step
+        if kv_cache is not None and kv_cache.static:  # positions from the device: no Python int in the step
             positions = kv_cache.begin(seq)
             cos, sin = self.rope.cos[positions], self.rope.sin[positions]
         else:
@@ -374,14 +374,10 @@ def from_pretrained(folder: str | Path, dtype=None, context_length: int | None =
     if not files:
         raise ValueError(f"folder={str(folder)!r} has no *.safetensors weight files")
     hf_config = json.loads(config_path.read_text())
+    from_hf = config_from_hf
     if hf_config.get("model_type") == "qwen3_moe":  # chapter 13's mixture of experts
-        from slmbook.moe import config_from_hf_moe
-
-        config = config_from_hf_moe(hf_config, dtype=dtype)
-        if context_length is not None:
-            config = config.replace(context_length=context_length)
-    else:
-        config = config_from_hf(hf_config, dtype=dtype, context_length=context_length)
+        from slmbook.moe import config_from_hf_moe as from_hf
+    config = from_hf(hf_config, dtype=dtype, context_length=context_length)
     model = QwenModel(config, attn_impl=attn_impl)
     state = {}
     for file in files:

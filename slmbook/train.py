@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from slmbook.config import PRESETS as MODEL_PRESETS
+from slmbook.checkpoint import STATE_FILE, run_dir
 from slmbook.config import preset
 from slmbook.training import PRECISIONS, PRESETS, TrainConfig, Trainer, training_preset
 
@@ -154,9 +155,9 @@ def main(argv=None) -> int:
                 dist.broadcast_object_list(shared, src=0)
                 folder = Path(shared[0])
             train, val = data_files(folder)
-            out = Path(args.out) if args.out else repo_root() / "runs" / args.config
-            if args.fresh and rank == 0 and (out / "training_state.json").is_file():
-                (out / "training_state.json").unlink()
+            out = Path(args.out) if args.out else run_dir(args.config)
+            if args.fresh and rank == 0 and (out / STATE_FILE).is_file():
+                (out / STATE_FILE).unlink()
             if world_size > 1:
                 import torch.distributed as dist
 

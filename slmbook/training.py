@@ -47,8 +47,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slmbook import checkpoint
 from slmbook.config import BOOK, TINY, QwenConfig
 from slmbook.flops import training_flops_per_token
+from slmbook.hardware import synchronize
 from slmbook.metrics import bits_per_byte
 from slmbook.qwen import QwenModel
 
@@ -140,9 +142,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["model"] = self.model.to_dict()
-        return values
+        return dataclasses.asdict(self)  # the nested model config becomes a dict too
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -516,7 +516,7 @@ class Trainer:
         self.history = History()
         self.flops_per_token = training_flops_per_token(config.model, config.context)
         self.peak_flops = peak_flops if peak_flops is not None else default_peak_flops(self.device, self.amp_dtype)
-        if resume and self.out is not None and (self.out / "training_state.json").is_file():
+        if resume and self.out is not None and (self.out / checkpoint.STATE_FILE).is_file():
             self.load(self.out)
 
         self.forward = self.model  # what the step calls: the model, possibly wrapped by DDP and compile
@@ -538,11 +538,6 @@ class Trainer:
             self.forward = torch.compile(self.forward, mode=mode)
 
     # -- one optimizer step ------------------------------------------------------------------------
-    def synchronize(self) -> None:
-        """Wait for the device's queued work (a GPU runs ahead of Python; a CPU does not)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -630,14 +625,15 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, max_new_tokens: int | None = None, temperature: float = 0.8, top_k: int | None = 50,
-               seed: int = 0) -> str:
-        """A story continued from `prompt` by the model as it is now (seeded: repeatable)."""
+               seed: int = 0, prompt: str | None = None) -> str:
+        """A story continued from `prompt` (default: the trainer's) by the model as it is now (seeded:
+        repeatable)."""
         from slmbook.generation import generate
 
         if self.encoding is None:
             raise ValueError("sample() needs the tokenizer: pass encoding=... to Trainer(...)")
         n = self.config.sample_tokens if max_new_tokens is None else max_new_tokens
-        ids = self.encoding.encode_ordinary(self.prompt)
+        ids = self.encoding.encode_ordinary(self.prompt if prompt is None else prompt)
         n = min(n, self.config.model.context_length - len(ids))
         self.model.eval()
         with self.autocast():
@@ -689,7 +685,7 @@ class Trainer:
             periodic = self.out is not None and not c.save_best and c.checkpoint_interval
             save = periodic and self.step % c.checkpoint_interval == 0
             if evaluate or save:  # not training throughput: close the interval's clock around them
-                self.synchronize()  # the queued training steps finish first and count as training
+                synchronize(self.device)  # the queued training steps finish first and count as training
                 train_seconds += time.perf_counter() - last_time
                 if evaluate:
                     self.log_evaluation()
@@ -718,8 +714,6 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path | None:
         """Write a checkpoint (rank 0 only; other processes wait for it)."""
-        from slmbook import checkpoint
-
         path = None
         if self.is_main:
             eos = getattr(self.encoding, "eot_token", None)
@@ -736,8 +730,6 @@ class Trainer:
 
     def load(self, folder: str | Path) -> None:
         """Continue from a checkpoint: weights, AdamW state, step and history."""
-        from slmbook import checkpoint
-
         state = checkpoint.read_state(folder)
         stored = TrainConfig.from_dict(state["train_config"]) if state.get("train_config") else None
         if stored is not None:
