@@ -9,6 +9,7 @@ import torch
 
 from slmbook.config import BOOK, QWEN3_0_6B, TINY, QwenConfig
 from slmbook.memory import parameter_counts
+from slmbook.qwen import QwenModel
 from slmbook.scaling import (
     chinchilla_loss,
     chinchilla_optimal,
@@ -51,6 +52,12 @@ def test_embedding_share():
     assert embedding_share(TINY) == pytest.approx(parts["embedding"] / sum(parts.values()))
     assert embedding_share(TINY) > 0.9  # a 64-wide model with GPT-2's 50k vocabulary is mostly embedding
     assert embedding_share(QWEN3_0_6B) < embedding_share(BOOK) < embedding_share(TINY)
+    # untied: the output head is a second vocabulary x dim matrix, counted from a real model
+    untied = TINY.replace(tie_embeddings=False)
+    with torch.device("meta"):
+        model = QwenModel(untied)
+    tables = model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    assert embedding_share(untied) == pytest.approx(tables / model.num_parameters())
 
 
 def test_chinchilla_70b_on_1_4t_tokens():
