@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slmbook.config import positive_int
 from slmbook.norms import RMSNorm
 from slmbook.positional import apply_rope
 
@@ -121,8 +122,7 @@ class GroupedQueryAttention(nn.Module):
     ):
         super().__init__()
         for name, value in (("dim", dim), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be a positive integer")
+            positive_int(name, value)
         if n_kv_heads > n_heads or n_heads % n_kv_heads:
             raise ValueError(
                 f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}: allowed n_kv_heads are "

@@ -14,6 +14,13 @@ DTYPES = ("float32", "float16", "bfloat16")
 ROUTER_SCORES = ("softmax", "sigmoid")
 
 
+def positive_int(name: str, value) -> int:
+    """`value` if it is an int >= 1 (not a bool); otherwise a ValueError naming the parameter."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: must be a positive integer")
+    return value
+
+
 @dataclass(frozen=True)
 class QwenConfig:
     """Sizes of a Qwen3-style decoder (names follow the book; `transformers` names in comments)."""
@@ -45,9 +52,7 @@ class QwenConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"QwenConfig.{name}={value!r}: must be a positive integer")
+            positive_int(f"QwenConfig.{name}", getattr(self, name))
         if self.head_dim is None:
             if self.dim % self.n_heads:
                 raise ValueError(

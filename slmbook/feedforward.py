@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slmbook.config import positive_int
+
 
 def _check(dim, hidden_dim) -> None:
     for name, value in (("dim", dim), ("hidden_dim", hidden_dim)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}={value!r}: must be a positive integer")
+        positive_int(name, value)
 
 
 class SwiGLU(nn.Module):

@@ -29,13 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from slmbook.config import positive_int
 from slmbook.dtypes import bytes_per_element, torch_dtype
-
-
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be a positive integer")
-    return value
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, batch_size: int = 1,
@@ -43,7 +38,7 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, b
     """The formula: 2 * n_layers * n_kv_heads * head_dim * tokens * batch_size * bytes per element."""
     for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
                         ("batch_size", batch_size)):
-        _positive_int(name, value)
+        positive_int(name, value)
     if not isinstance(tokens, int) or tokens < 0:
         raise ValueError(f"tokens={tokens!r}: must be an integer >= 0")
     return 2 * n_layers * n_kv_heads * head_dim * tokens * batch_size * bytes_per_element(dtype)
@@ -62,9 +57,9 @@ class KVCache:
                  max_tokens: int | None = None, dtype="float32", device=None, static: bool = False):
         for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
                             ("batch_size", batch_size)):
-            _positive_int(name, value)
+            positive_int(name, value)
         if max_tokens is not None:
-            _positive_int("max_tokens", max_tokens)
+            positive_int("max_tokens", max_tokens)
         if static not in (True, False):
             raise ValueError(f"static={static!r}: allowed True or False")
         if static and max_tokens is None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from slmbook.config import QwenConfig
+from slmbook.config import QwenConfig, positive_int
 from slmbook.kv_cache import config_kv_cache_bytes
 from slmbook.optimizers import STATE_TENSORS
 
@@ -56,12 +56,6 @@ def _dtype_bytes(name: str, value, allowed=FLOAT_DTYPES) -> float:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is unknown; allowed: {list(allowed)}")
     return BYTES[value]
-
-
-def _positive(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be a positive integer")
-    return value
 
 
 def _check_config(config) -> QwenConfig:
@@ -133,7 +127,7 @@ def activation_bytes_per_token(config: QwenConfig, seq_len: int, param_dtype="fl
     is on when they differ. Keys ending in '(per layer)' are multiplied by n_layers in the total.
     """
     cfg = _check_config(config)
-    _positive("seq_len", seq_len)
+    positive_int("seq_len", seq_len)
     if seq_len > cfg.context_length:
         raise ValueError(f"seq_len={seq_len} is longer than config.context_length={cfg.context_length}")
     if attention not in ATTENTION:
@@ -193,7 +187,7 @@ def _per_layer_constants(config: QwenConfig, seq_len: int, param_dtype, compute_
 def activation_bytes(config: QwenConfig, batch: int, seq_len: int, param_dtype="float32",
                      compute_dtype="bfloat16", attention: str = "sdpa") -> int:
     """Total bytes the forward pass saves for backward (every layer, the head and the loss)."""
-    _positive("batch", batch)
+    positive_int("batch", batch)
     parts = activation_bytes_per_token(config, seq_len, param_dtype, compute_dtype, attention)
     per_token = sum(v * (config.n_layers if k.endswith("(per layer)") else 1) for k, v in parts.items())
     constants = config.n_layers * _per_layer_constants(config, seq_len, param_dtype, compute_dtype, attention)
@@ -259,7 +253,7 @@ def training_memory(config: QwenConfig, batch: int, seq_len: int, param_dtype="f
         raise ValueError(f"optimizer={optimizer!r} is unknown; allowed: {sorted(STATE_TENSORS)}")
     p, c = _dtype_bytes("param_dtype", param_dtype), _dtype_bytes("compute_dtype", compute_dtype)
     n_params = parameter_count(cfg)
-    tokens = _positive("batch", batch) * _positive("seq_len", seq_len)
+    tokens = positive_int("batch", batch) * positive_int("seq_len", seq_len)
     saved = activation_bytes(cfg, batch, seq_len, param_dtype, compute_dtype, attention)
     log_softmax = 4 * cfg.vocab_size * tokens
     # at the start of backward: the loss's gradient w.r.t. the log-softmax and w.r.t. the logits,
@@ -332,8 +326,8 @@ def inference_memory(config: QwenConfig, batch: int, context: int, weight_dtype=
     cfg = _check_config(config)
     weight_dtype = cfg.dtype if weight_dtype is None else weight_dtype
     kv_dtype = cfg.dtype if kv_dtype is None else kv_dtype
-    _positive("batch", batch)
-    _positive("context", context)
+    positive_int("batch", batch)
+    positive_int("context", context)
     if context > cfg.context_length:
         raise ValueError(f"context={context} is longer than config.context_length={cfg.context_length}")
     w = _dtype_bytes("weight_dtype", weight_dtype, allowed=tuple(BYTES))

@@ -47,14 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmbook.config import ROUTER_SCORES, QwenConfig
+from slmbook.config import ROUTER_SCORES, QwenConfig, positive_int
 from slmbook.feedforward import SwiGLU
-
-
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be a positive integer")
-    return value
 
 
 def _non_negative(name: str, value) -> float:
@@ -120,9 +114,9 @@ class TopKRouter(nn.Linear):
 
     def __init__(self, dim: int, n_experts: int, top_k: int, score: str = "softmax", normalize: bool = True,
                  bias_update_rate: float = 0.0, dtype: torch.dtype | None = None):
-        _positive_int("dim", dim)
-        _positive_int("n_experts", n_experts)
-        _positive_int("top_k", top_k)
+        positive_int("dim", dim)
+        positive_int("n_experts", n_experts)
+        positive_int("top_k", top_k)
         if top_k > n_experts:
             raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}: allowed 1..{n_experts}")
         if score not in ROUTER_SCORES:
@@ -236,7 +230,7 @@ class MoEFeedForward(nn.Module):
                  aux_loss_coef: float = 0.0, z_loss_coef: float = 0.0, bias_update_rate: float = 0.0,
                  dtype: torch.dtype | None = None):
         super().__init__()
-        _positive_int("hidden_dim", hidden_dim)
+        positive_int("hidden_dim", hidden_dim)
         if not isinstance(n_shared_experts, int) or isinstance(n_shared_experts, bool) or n_shared_experts < 0:
             raise ValueError(f"n_shared_experts={n_shared_experts!r}: must be an integer >= 0")
         if capacity_factor is not None and (isinstance(capacity_factor, bool) or
@@ -339,7 +333,7 @@ def parameter_counts(config: QwenConfig) -> dict[str, int]:
 def fine_grained(config: QwenConfig, m: int) -> QwenConfig:
     """DeepSeekMoE's fine-grained experts: each expert split into m of 1/m the hidden size and m times
     as many chosen per token: the same parameters and compute, many more expert combinations."""
-    _positive_int("m", m)
+    positive_int("m", m)
     if not config.is_moe:
         raise ValueError("fine_grained needs an MoE config (n_experts > 0)")
     if config.expert_hidden_dim % m:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slmbook.config import positive_int
+
 
 def _check(dim, eps) -> None:
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ValueError(f"dim={dim!r}: must be a positive integer")
+    positive_int("dim", dim)
     if not eps > 0:
         raise ValueError(f"eps={eps!r}: must be > 0")
 

@@ -19,11 +19,7 @@ import math
 import torch
 from torch import nn
 
-
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be a positive integer")
-    return value
+from slmbook.config import positive_int
 
 
 def integer_encoding(n_positions: int) -> torch.Tensor:
@@ -33,7 +29,7 @@ def integer_encoding(n_positions: int) -> torch.Tensor:
     outside the scale of the embeddings it is added to, and positions never seen in training give
     values the model has never seen either.
     """
-    _positive_int("n_positions", n_positions)
+    positive_int("n_positions", n_positions)
     return torch.arange(n_positions, dtype=torch.float32)[:, None]
 
 
@@ -44,8 +40,8 @@ def binary_encoding(n_positions: int, n_bits: int) -> torch.Tensor:
     8 = 1000): distance in position is not distance in the encoding, and the digits jump instead of
     varying smoothly. It also runs out: only 2**n_bits positions exist.
     """
-    _positive_int("n_positions", n_positions)
-    _positive_int("n_bits", n_bits)
+    positive_int("n_positions", n_positions)
+    positive_int("n_bits", n_bits)
     if n_positions > 2**n_bits:
         raise ValueError(
             f"n_positions={n_positions} does not fit in n_bits={n_bits}: at most 2**{n_bits}={2**n_bits} positions"
@@ -62,8 +58,8 @@ def sinusoidal_encoding(n_positions: int, dim: int, base: float = 10_000.0) -> t
     a smooth, bounded 'binary counter' whose digits are waves of geometrically growing wavelength.
     Still added to the embedding, so position and content share the same channels.
     """
-    _positive_int("n_positions", n_positions)
-    _positive_int("dim", dim)
+    positive_int("n_positions", n_positions)
+    positive_int("dim", dim)
     if dim % 2:
         raise ValueError(f"dim={dim}: sinusoidal encoding pairs sin and cos channels, so dim must be even")
     if not base > 0:
@@ -79,7 +75,7 @@ def sinusoidal_encoding(n_positions: int, dim: int, base: float = 10_000.0) -> t
 
 def rope_frequencies(head_dim: int, theta: float = 10_000.0) -> torch.Tensor:
     """Angular speed of each of the head_dim/2 pairs, in radians per position: theta**(-2i/head_dim)."""
-    _positive_int("head_dim", head_dim)
+    positive_int("head_dim", head_dim)
     if head_dim % 2:
         raise ValueError(f"head_dim={head_dim}: RoPE rotates pairs of channels, so head_dim must be even")
     if not theta > 0:
@@ -94,7 +90,7 @@ def rope_cos_sin(context_length: int, head_dim: int, theta: float = 10_000.0) ->
     The half-split layout repeats the head_dim/2 angles twice, so that `apply_rope` is two
     element-wise products and no gather.
     """
-    _positive_int("context_length", context_length)
+    positive_int("context_length", context_length)
     inv_freq = rope_frequencies(head_dim, theta)
     angles = torch.arange(context_length, dtype=torch.float32)[:, None] * inv_freq[None, :]
     angles = torch.cat((angles, angles), dim=-1)
