@@ -28,7 +28,7 @@ import regex
 import tiktoken
 from tqdm.auto import tqdm
 
-from slmbook.tokenizer import ENDOFTEXT, GPT2_PATTERN
+from slmbook.tokenizer import ENDOFTEXT, GPT2_PATTERN, _check_text
 
 Pair = tuple[int, int]
 
@@ -76,12 +76,27 @@ def _check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
     return special_tokens
 
 
+def _special_pattern(special_tokens: Sequence[str]) -> str:
+    """A regex matching any of the special tokens, longest first (so no shorter one cuts a longer)."""
+    return "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
+
+
 def _split_special(text: str, special_tokens: Sequence[str]) -> list[str]:
     """Pieces of text between special tokens (specials themselves dropped): no merge crosses them."""
     if not special_tokens:
         return [text]
-    alternatives = "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
-    return regex.split(alternatives, text)
+    return regex.split(_special_pattern(special_tokens), text)
+
+
+def _new_token_id(vocab: list[bytes], ids_of: dict[bytes, int], new_bytes: bytes) -> int:
+    """The id of `new_bytes`: the existing one if another merge already made these bytes (every id
+    keeps distinct bytes, as tiktoken requires), else a new id appended to the vocabulary."""
+    new_id = ids_of.get(new_bytes)
+    if new_id is None:
+        new_id = len(vocab)
+        vocab.append(new_bytes)
+        ids_of[new_bytes] = new_id
+    return new_id
 
 
 def count_pretokens(texts: Iterable[str], pattern: str = GPT2_PATTERN, special_tokens: Sequence[str] = (ENDOFTEXT,), progress: bool = False) -> Counter[bytes]:
@@ -105,6 +120,8 @@ class BPETokenizer:
         self.name = name
         self.special_tokens = _check_special_tokens(special_tokens)
         self._compiled = regex.compile(pattern)
+        # the capturing group keeps the special tokens in the split: every odd piece is one
+        self._special_split = regex.compile(f"({_special_pattern(self.special_tokens)})") if self.special_tokens else None
         # vocab: id -> bytes. A merge whose bytes already exist (reached by another split) reuses
         # that id, so every id has distinct bytes (as tiktoken requires).
         self.vocab: list[bytes] = [bytes([i]) for i in range(256)]
@@ -118,12 +135,7 @@ class BPETokenizer:
                 raise ValueError(f"merge ({a}, {b}) #{len(self.merges)} uses an id that does not exist yet (vocab has {len(self.vocab)})")
             if (a, b) in self.ranks:
                 raise ValueError(f"merge ({a}, {b}) appears twice")
-            new_bytes = self.vocab[a] + self.vocab[b]
-            new_id = ids_of.get(new_bytes)
-            if new_id is None:
-                new_id = len(self.vocab)
-                self.vocab.append(new_bytes)
-                ids_of[new_bytes] = new_id
+            new_id = _new_token_id(self.vocab, ids_of, self.vocab[a] + self.vocab[b])
             self.ranks[(a, b)] = len(self.merges)
             self.merge_result[(a, b)] = new_id
             self.merges.append((a, b))
@@ -185,8 +197,7 @@ class BPETokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text`, special-token strings treated as plain text."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        _check_text(text)
         out: list[int] = []
         cache = self._cache
         for piece in self._compiled.findall(text):
@@ -200,13 +211,11 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`; our special-token strings in it become their single ids."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        _check_text(text)
         if not self.special_tokens:
             return self.encode_ordinary(text)
-        alternatives = "(" + "|".join(regex.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)) + ")"
         out: list[int] = []
-        for i, part in enumerate(regex.split(alternatives, text)):
+        for i, part in enumerate(self._special_split.split(text)):
             if i % 2:
                 out.append(self.special_ids[part])
             elif part:
@@ -306,12 +315,7 @@ def train_merges(word_counts: dict[bytes, int], num_merges: int, progress: bool 
         neg, _, pair = heapq.heappop(heap)
         if pair_counts.get(pair, 0) != -neg or neg == 0:
             continue  # stale entry
-        new_bytes = vocab[pair[0]] + vocab[pair[1]]
-        new_id = ids_of.get(new_bytes)
-        if new_id is None:
-            new_id = len(vocab)
-            vocab.append(new_bytes)
-            ids_of[new_bytes] = new_id
+        new_id = _new_token_id(vocab, ids_of, vocab[pair[0]] + vocab[pair[1]])
         merges.append(pair)
         counts.append(-neg)
         changed: set[Pair] = set()

@@ -363,7 +363,7 @@ class MLP:
                  norm: bool = False, seed: int = 0, dtype=torch.float64):
         if len(sizes) < 2:
             raise ValueError(f"sizes={sizes!r}: need at least [n_inputs, n_outputs]")
-        self.sizes, self.act_name, self.norm, self.init = list(sizes), act, norm, init
+        self.sizes = list(sizes)
         activation(act)  # validate early
         generator = torch.Generator().manual_seed(seed)
         self.layers: list = []

@@ -73,11 +73,14 @@ class NGramModel:
                     self.totals[m][context] += 1
         return self
 
+    def _context(self, context: Sequence[int]) -> tuple[int, ...]:
+        """The last n-1 tokens of context, padded on the left with end-of-text (a story's start)."""
+        context = tuple(int(i) for i in context)[-(self.n - 1) :] if self.n > 1 else ()
+        return (self.eot_token,) * (self.n - 1 - len(context)) + context
+
     def prob(self, context: Sequence[int], token: int) -> float:
         """p(token | the last n-1 tokens of context)."""
-        context = tuple(int(i) for i in context)[-(self.n - 1) :] if self.n > 1 else ()
-        if len(context) < self.n - 1:
-            context = (self.eot_token,) * (self.n - 1 - len(context)) + context
+        context = self._context(context)
         if self.smoothing == "add-k":
             counter = self.counts[self.n - 1].get(context)
             seen = counter[token] if counter else 0
@@ -93,9 +96,7 @@ class NGramModel:
 
     def distribution(self, context: Sequence[int]) -> np.ndarray:
         """p(· | context) over the whole vocabulary (sums to 1)."""
-        context = tuple(int(i) for i in context)[-(self.n - 1) :] if self.n > 1 else ()
-        if len(context) < self.n - 1:
-            context = (self.eot_token,) * (self.n - 1 - len(context)) + context
+        context = self._context(context)
         if self.smoothing == "add-k":
             probs = np.full(self.vocab_size, self.k)
             counter = self.counts[self.n - 1].get(context)

@@ -23,9 +23,10 @@ from pathlib import Path
 import regex
 import tiktoken
 
+from slmbook.data import EOT
 from slmbook.env import online
 
-ENDOFTEXT = "<|endoftext|>"
+ENDOFTEXT = EOT  # the story separator of the data files, and GPT-2's special token
 UNKNOWN = "<unk>"
 
 # GPT-2's pre-tokenization regex as released (encoder.py): contractions, a letter run with an

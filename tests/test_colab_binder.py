@@ -8,7 +8,6 @@ import tomllib
 import types
 from pathlib import Path
 
-import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 from slmbook import notebooks

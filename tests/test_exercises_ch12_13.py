@@ -1,5 +1,3 @@
-import pytest
-
 from slmbook.exercises import ch12, ch13
 from slmbook.qwen import QwenModel
 

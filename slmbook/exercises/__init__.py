@@ -6,6 +6,7 @@ An answer left as `None` is "not attempted yet", never an error, so a notebook a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -31,3 +32,16 @@ def verdict(exercise: str, answer, ok: bool, hint: str, success: str = "correct!
     if ok:
         return Result(exercise, "correct", success)
     return Result(exercise, "wrong", f"not yet. Hint: {hint}")
+
+
+def close(answer, expected: float, rel: float, abs_tol: float = 0.0) -> bool:
+    """A numeric answer (anything float() reads) within `rel` (relative) or `abs_tol` of `expected`."""
+    try:
+        return math.isclose(float(answer), expected, rel_tol=rel, abs_tol=abs_tol)
+    except (TypeError, ValueError):
+        return False
+
+
+def exact_int(answer, expected: int) -> bool:
+    """An integer answer (not a bool, not a float that happens to be whole) equal to `expected`."""
+    return isinstance(answer, int) and not isinstance(answer, bool) and answer == expected

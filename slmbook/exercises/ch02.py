@@ -7,15 +7,7 @@ import math
 
 import torch
 
-from slmbook.exercises import Result, verdict
-
-
-def _number_close(answer, expected: float, rel: float = 1e-9, abs_tol: float = 0.0) -> bool:
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return False
-    return math.isclose(value, expected, rel_tol=rel, abs_tol=abs_tol)
+from slmbook.exercises import Result, close, verdict
 
 
 def _run(fn, *args):
@@ -40,7 +32,7 @@ def _wrong_because(name, hint, why) -> Result:
 def check_bf16_gap(answer) -> Result:
     """What is the gap between 1.0 and the next larger number a bfloat16 can hold? (a float)"""
     expected = torch.finfo(torch.bfloat16).eps
-    return verdict("chapter 2: bfloat16's gap above 1.0", answer, _number_close(answer, expected),
+    return verdict("chapter 2: bfloat16's gap above 1.0", answer, close(answer, expected, rel=1e-9),
                    hint="bfloat16 keeps 7 mantissa bits after the leading 1; try halving x while "
                         "torch.tensor(1.0 + x, dtype=torch.bfloat16) != 1.0",
                    success=f"correct: {expected} = 2^-7. Near 1.0, bfloat16 cannot tell 1.000 from 1.003")
@@ -115,7 +107,7 @@ def check_derivative(answer) -> Result:
     x = 2.0
     expected = 3 * x**2 * math.sin(x) + x**3 * math.cos(x)  # the product rule, by hand
     return verdict("chapter 2: a derivative by autograd", answer,
-                   _number_close(answer, expected, rel=0, abs_tol=1e-6),
+                   close(answer, expected, rel=0, abs_tol=1e-6),
                    hint="x = torch.tensor(2.0, requires_grad=True); y = x**3 * torch.sin(x); "
                         "y.backward(); x.grad",
                    success=f"correct: {expected:.6f}, as the product rule gives 3x^2 sin x + x^3 cos x")

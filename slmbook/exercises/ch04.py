@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 from slmbook.config import BOOK
-from slmbook.exercises import Result, verdict
+from slmbook.exercises import Result, close, verdict
 from slmbook.scaling import TOKENS_PER_PARAMETER, count_parameters, training_flops
-
-
-def _close(answer, expected: float, rel: float = 0.01) -> bool:
-    try:
-        return math.isclose(float(answer), expected, rel_tol=rel)
-    except (TypeError, ValueError):
-        return False
 
 
 def check_book_tokens(answer) -> Result:
     """How many training tokens should the book's model (`slmbook.config.BOOK`) see by Chinchilla's
     rule of thumb (20 tokens per parameter, all parameters counted)? Within 1%."""
     expected = TOKENS_PER_PARAMETER * count_parameters(BOOK)
-    return verdict("chapter 4: Chinchilla tokens for the BOOK model", answer, _close(answer, expected),
+    return verdict("chapter 4: Chinchilla tokens for the BOOK model", answer, close(answer, expected, rel=0.01),
                    hint="count the parameters (embedding vocab_size*dim, per layer the q, k, v, o projections, "
                         "the q/k norms, two RMSNorms and the SwiGLU's three matrices; one final norm; tied head) "
                         "or use slmbook.scaling.count_parameters, then multiply by 20",
@@ -31,7 +22,7 @@ def check_book_flops(answer) -> Result:
     """How many FLOPs does training the BOOK model on that many tokens take (C ≈ 6·N·D)? Within 1%."""
     n = count_parameters(BOOK)
     expected = training_flops(n, TOKENS_PER_PARAMETER * n)
-    return verdict("chapter 4: training compute of the BOOK model", answer, _close(answer, expected),
+    return verdict("chapter 4: training compute of the BOOK model", answer, close(answer, expected, rel=0.01),
                    hint="C = 6 * N * D with N the parameter count and D = 20 * N",
                    success=f"correct! {expected:.2e} FLOPs: about {expected / 400e12 / 3600:.1f} hours at a "
                            "sustained 400 TFLOP/s")

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import math
 
-from slmbook.exercises import Result, verdict
+from slmbook.exercises import Result, close, verdict
 
 # The probabilities a model gave to the true next token at four positions of a text.
 TRUE_TOKEN_PROBS = (0.5, 0.25, 0.125, 0.5)
 
 
-def _close(answer, expected: float, rel: float = 1e-3) -> bool:
-    try:
-        return math.isclose(float(answer), expected, rel_tol=rel)
-    except (TypeError, ValueError):
-        return False
-
-
 def check_perplexity(answer) -> Result:
     """The perplexity of the model on those four tokens (3 significant digits)."""
     expected = math.exp(-sum(math.log(p) for p in TRUE_TOKEN_PROBS) / len(TRUE_TOKEN_PROBS))
-    return verdict("chapter 5: perplexity by hand", answer, _close(answer, expected),
+    return verdict("chapter 5: perplexity by hand", answer, close(answer, expected, rel=1e-3),
                    hint="cross-entropy = mean of -ln p over the four tokens; perplexity = exp(cross-entropy). "
                         "(Here it is 2 to the power of the mean number of halvings.)",
                    success=f"correct! {expected:.4f}: as unsure as a fair choice among {expected:.2f} tokens")
@@ -48,7 +41,7 @@ def check_named_lily(answer) -> Result:
     """In the 1,000 validation stories (GPT-2 tokens), how often is the token ' named' followed by
     ' Lily'? Give the maximum-likelihood bigram probability p(' Lily' | ' named') (3 significant digits)."""
     expected = bigram_probability(" named", " Lily")
-    return verdict("chapter 5: p(' Lily' | ' named')", answer, _close(answer, expected),
+    return verdict("chapter 5: p(' Lily' | ' named')", answer, close(answer, expected, rel=1e-3),
                    hint="tokenize each story with gpt2_encoding().encode_ordinary, count the pairs (' named', x) "
                         "and the pairs (' named', ' Lily'), divide",
                    success=f"correct! {expected:.4f}: TinyStories has a favourite name")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from slmbook.exercises import Result, verdict
+from slmbook.exercises import Result, close, verdict
 
 
 def first_merge(n_stories: int = 200) -> bytes:
@@ -34,10 +34,6 @@ TOKENS, MEAN_NATS, BYTES = 1000, 1.5, 4000
 def check_bits_per_byte(answer) -> Result:
     """Bits per byte of that model on that text (3 significant digits)."""
     expected = TOKENS * MEAN_NATS / (math.log(2) * BYTES)
-    try:
-        ok = math.isclose(float(answer), expected, rel_tol=1e-3)
-    except (TypeError, ValueError):
-        ok = False
-    return verdict("chapter 6: bits per byte", answer, ok,
+    return verdict("chapter 6: bits per byte", answer, close(answer, expected, rel=1e-3),
                    hint="total nats = tokens * mean nats; bits = nats / ln 2; divide by the number of bytes",
                    success=f"correct! {expected:.4f} bits per byte")

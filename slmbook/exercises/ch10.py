@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from slmbook.config import QWEN3_0_6B
-from slmbook.exercises import Result, verdict
+from slmbook.exercises import Result, exact_int, verdict
 from slmbook.norms import RMSNorm
 
 
@@ -36,7 +36,7 @@ def check_qwen3_swiglu_parameters(answer) -> Result:
     """How many parameters has one SwiGLU feed-forward layer of Qwen3-0.6B (no biases)?"""
     expected = 3 * QWEN3_0_6B.dim * QWEN3_0_6B.hidden_dim
     return verdict("chapter 10: Qwen3-0.6B SwiGLU parameters", answer,
-                   ok=isinstance(answer, int) and answer == expected,
+                   ok=exact_int(answer, expected),
                    hint="three matrices: gate_proj and up_proj (dim x hidden_dim) and down_proj (hidden_dim x dim); "
                         "QWEN3_0_6B has dim 1024 and hidden_dim 3072",
                    success=f"correct: {expected:,} per layer, {QWEN3_0_6B.n_layers * expected:,} over the "

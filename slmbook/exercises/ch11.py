@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from slmbook.config import QwenConfig
-from slmbook.exercises import Result, verdict
+from slmbook.exercises import Result, exact_int, verdict
 
 # The model of the first exercise: small enough to count by hand.
 EXERCISE_CONFIG = QwenConfig(vocab_size=1000, context_length=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -19,7 +19,7 @@ def check_parameter_count(answer, config: QwenConfig = EXERCISE_CONFIG) -> Resul
     expected = QwenModel(config).num_parameters()
     return verdict(
         "chapter 11: parameters of a small Qwen", answer,
-        ok=isinstance(answer, int) and not isinstance(answer, bool) and answer == expected,
+        ok=exact_int(answer, expected),
         hint="embedding vocab x dim (tied: the head adds nothing); per layer q_proj dim x (n_heads*head_dim), "
              "k_proj and v_proj dim x (n_kv_heads*head_dim), o_proj (n_heads*head_dim) x dim, q_norm and k_norm "
              "head_dim each, SwiGLU 3 x dim x hidden_dim, two RMSNorms of dim; plus the final norm (dim)",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slmbook.config import BOOK
-from slmbook.exercises import Result, verdict
+from slmbook.exercises import Result, exact_int, verdict
 
 
 def _number(answer) -> bool:
@@ -18,7 +18,7 @@ def check_micro_batch(answer, batch_size: int = 64, grad_accum: int = 4, gpus: i
     config = TrainConfig(batch_size=batch_size, grad_accum=grad_accum)
     expected = config.batch_size // (config.grad_accum * gpus)
     return verdict(
-        "chapter 14: the micro-batch", answer, ok=isinstance(answer, int) and answer == expected,
+        "chapter 14: the micro-batch", answer, ok=exact_int(answer, expected),
         hint="batch_size counts every sequence of one optimizer step, over all GPUs and all micro-batches: "
              "split it across the GPUs, then across the accumulation steps",
         success=f"correct: {expected} sequences per forward pass; the optimizer still sees {batch_size}")
