@@ -196,6 +196,18 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     return float(np.mean(sig_a == sig_b))
 
 
+def nearest_similarity(signatures: np.ndarray, block: int = 64) -> np.ndarray:
+    """For each row of `signatures` (one MinHash signature per story), the estimated Jaccard
+    similarity to its most similar *other* row: all pairs, `block` rows at a time to bound memory."""
+    n = len(signatures)
+    nearest = np.zeros(n)
+    for start in range(0, n, block):
+        agree = (signatures[start:start + block, None, :] == signatures[None, :, :]).mean(axis=2)
+        agree[np.arange(agree.shape[0]), np.arange(start, start + agree.shape[0])] = 0  # not itself
+        nearest[start:start + block] = agree.max(axis=1)
+    return nearest
+
+
 def lsh_candidate_probability(similarity, bands: int, rows: int):
     """P(two sets of this Jaccard similarity share at least one band) = 1 - (1 - s^r)^b."""
     return 1 - (1 - np.asarray(similarity, dtype=float) ** rows) ** bands

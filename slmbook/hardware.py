@@ -130,6 +130,22 @@ def _time(fn, device: torch.device, repeats: int, warmup: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def median_seconds(fn, device: torch.device, repeats: int = 15, warmup: int = 1) -> float:
+    """Median wall-clock seconds of one call of `fn` over `repeats` calls, each waited for on the
+    device, after `warmup` untimed calls: one slow call (a page fault, another process) does not
+    move a median the way it moves a mean."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def _check_count(name: str, value, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")

@@ -98,6 +98,25 @@ def parameter_counts(config: QwenConfig) -> dict[str, int]:
     }
 
 
+def counted_parameters(model) -> dict[str, int]:
+    """The parameters of a built QwenModel, counted tensor by tensor into the parts of
+    `parameter_counts` (a tied matrix is listed once, as embed_tokens): the formula's check."""
+    counts = dict.fromkeys(["embedding", "attention", "feed-forward", "norms", "output head"], 0)
+    for name, p in model.named_parameters():
+        if name.startswith("embed_tokens"):
+            part = "embedding"
+        elif "norm" in name:
+            part = "norms"
+        elif ".self_attn." in name:
+            part = "attention"
+        elif ".mlp." in name:
+            part = "feed-forward"
+        else:
+            part = "output head"
+        counts[part] += p.numel()
+    return counts
+
+
 def parameter_count(config: QwenConfig) -> int:
     return sum(parameter_counts(config).values())
 

@@ -159,6 +159,24 @@ class NGramModel:
         return new
 
 
+def story_ngrams(stories: Iterable[Sequence[int]], n: int, eot_token: int) -> list[tuple[int, ...]]:
+    """Every n-gram of every story, padded as NGramModel trains: n-1 end-of-text tokens before the
+    story (its start) and one after it (its end)."""
+    grams = []
+    for ids in stories:
+        seq = [eot_token] * (n - 1) + [int(i) for i in ids] + [eot_token]
+        grams += [tuple(seq[i - n + 1 : i + 1]) for i in range(n - 1, len(seq))]
+    return grams
+
+
+def unseen_fraction(train: Iterable[Sequence[int]], held_out: Iterable[Sequence[int]], n: int, eot_token: int) -> float:
+    """Fraction of the held-out stories' n-grams that never occur in the training stories: what a
+    count-based model has no count for (and why longer n-grams stop generalising)."""
+    seen = set(story_ngrams(train, n, eot_token))
+    grams = story_ngrams(held_out, n, eot_token)
+    return sum(g not in seen for g in grams) / len(grams)
+
+
 def sampling_distribution(probs: np.ndarray, temperature: float = 1.0, top_k: int | None = None) -> np.ndarray:
     """The distribution sampling draws from: p^(1/T) renormalised (T < 1 sharpens, T > 1 flattens),
     zero outside the top_k most likely tokens when top_k is given."""

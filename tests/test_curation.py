@@ -182,3 +182,18 @@ def test_bad_arguments_raise():
         shingles("abc", 0)
     with pytest.raises(TypeError, match="text"):
         normalize(b"bytes")
+
+
+def test_nearest_similarity_equals_the_all_pairs_loop():
+    from slmbook.curation import MinHasher, estimated_jaccard, nearest_similarity, shingles
+
+    from slmbook.data import load_stories
+
+    stories = load_stories("validation", source="sample", verbose=False)[:70]
+    stories.append(stories[3] + " The end.")  # one near copy
+    signatures = MinHasher(64, seed=0).signatures([shingles(s) for s in stories])
+    expected = [max(estimated_jaccard(signatures[i], signatures[j]) for j in range(len(stories)) if j != i)
+                for i in range(len(stories))]
+    got = nearest_similarity(signatures, block=16)  # several blocks, the last one partial
+    assert got.tolist() == pytest.approx(expected)
+    assert got[3] > 0.5 and got[-1] == got[3]

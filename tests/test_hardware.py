@@ -83,3 +83,18 @@ def test_roofline():
     assert hardware.attainable_tflops(1e4, 989.4, 3350) == 989.4  # compute-bound
     with pytest.raises(ValueError, match="bandwidth_gbs=0"):
         hardware.attainable_tflops(1.0, 1.0, 0)
+
+
+def test_median_seconds_takes_the_median_of_the_timed_calls(monkeypatch):
+    """A fake clock: call k of fn lasts k seconds; 1 warm-up then 5 timed calls -> durations 2..6."""
+    import slmbook.hardware as hw
+
+    clock, calls = {"now": 0.0}, []
+    monkeypatch.setattr(hw.time, "perf_counter", lambda: clock["now"])
+
+    def fn():
+        calls.append(1)
+        clock["now"] += len(calls)
+
+    assert hw.median_seconds(fn, torch.device("cpu"), repeats=5, warmup=1) == 4.0
+    assert len(calls) == 6

@@ -22,6 +22,7 @@ def test_parameter_count_equals_the_model(config):
     with torch.device("meta"):
         model = QwenModel(config)
     assert memory.parameter_count(config) == model.num_parameters()
+    assert memory.counted_parameters(model) == memory.parameter_counts(config)  # part by part
 
 
 def test_parameter_count_equals_transformers_qwen3():

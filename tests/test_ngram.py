@@ -127,3 +127,13 @@ def test_bad_arguments_raise():
         model.generate([1], 3, temperature=0)
     with pytest.raises(ValueError, match="strategy"):
         model.generate([1], 3, strategy="beam")
+
+
+def test_unseen_fraction_by_hand():
+    # eot = 0; train "1 2", held out "1 3": padded bigrams (0,1) (1,2) (2,0) vs (0,1) (1,3) (3,0)
+    from slmbook.ngram import story_ngrams, unseen_fraction
+
+    assert story_ngrams([[1, 2]], 2, 0) == [(0, 1), (1, 2), (2, 0)]
+    assert unseen_fraction([[1, 2]], [[1, 3]], 2, 0) == pytest.approx(2 / 3)
+    assert unseen_fraction([[1, 2]], [[1, 3]], 1, 0) == pytest.approx(1 / 3)  # only the token 3 is new
+    assert unseen_fraction([[1, 2], [1, 3]], [[1, 3]], 3, 0) == 0
