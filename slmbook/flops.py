@@ -76,6 +76,16 @@ def six_n_approximation(config: QwenConfig) -> int:
     return 3 * (sum(parts.values()) - parts["attention scores"])
 
 
+def training_seconds(tokens: float, config: QwenConfig, seq_len: int, peak_flops: float, mfu: float = 0.4) -> float:
+    """Seconds to train on `tokens` tokens at a given MFU of `peak_flops` (FLOP/s): the inverse of
+    `mfu`. 40% is a realistic rate for a well-tuned small model on a GPU."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu={mfu!r}: must be in (0, 1]")
+    if not peak_flops > 0:
+        raise ValueError(f"peak_flops={peak_flops!r}: must be > 0 (FLOP/s, e.g. 989e12 for an H100 SXM in bf16)")
+    return tokens * training_flops_per_token(config, seq_len) / (mfu * peak_flops)
+
+
 def mfu(tokens_per_second: float, config: QwenConfig, seq_len: int, peak_flops: float) -> float:
     """Model FLOPs utilisation: the fraction of the device's peak FLOP/s that training used."""
     if not tokens_per_second >= 0:

@@ -255,6 +255,17 @@ def _linear_layers(model: nn.Module, skip) -> list[tuple[str, nn.Linear]]:
     return [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
 
 
+def pooled_error(model: nn.Module, skip=("lm_head",), **settings) -> dict[str, float]:
+    """All linear weights (except `skip`) quantized with `settings` and judged as one pool: bits per
+    weight (codes + scales) and `error_stats` of the concatenated weights, so large layers count in
+    proportion to their size."""
+    weights = [m.weight.detach().float().cpu() for _, m in _linear_layers(model, skip)]
+    original = torch.cat([w.flatten() for w in weights])
+    approx = torch.cat([fake_quantize(w, **settings).flatten() for w in weights])
+    nbytes = sum(quantize(w, **settings).nbytes for w in weights)
+    return {"bits_per_weight": 8 * nbytes / original.numel(), **error_stats(original, approx)}
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -315,3 +315,15 @@ def test_compare_methods_table():
     assert "bnb nf4" in text and "tokens/s" not in text
     with pytest.raises(ValueError, match="method='int2'"):
         qz.apply_method(m, "int2")
+
+
+@pytest.mark.parametrize("settings", [dict(bits=8, granularity="channel"), dict(bits=4, granularity="group", group_size=16)])
+def test_pooled_error_bits_equal_the_quantized_model_and_errors_the_concatenated_weights(settings):
+    m = model()
+    pooled = qz.pooled_error(m, **settings)
+    assert pooled["bits_per_weight"] == pytest.approx(qz.linear_weight_bits(qz.quantize_model(m, **settings)))
+    quantized = qz.quantize_model(m, **settings)
+    names = [n for n, mod in m.named_modules() if type(mod) is torch.nn.Linear and not n.endswith("lm_head")]
+    original = torch.cat([m.get_submodule(n).weight.detach().flatten() for n in names])
+    approx = torch.cat([quantized.get_submodule(n).weight.flatten() for n in names])  # what the layers use
+    assert pooled["sqnr_db"] == pytest.approx(qz.error_stats(original, approx)["sqnr_db"], rel=1e-6)
