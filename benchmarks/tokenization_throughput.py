@@ -71,15 +71,16 @@ def run(vocab_size: int = 4096, repeats: int = 3, save: bool = True) -> dict:
         BPETokenizer(bpe.merges, cache_size=0).encode_ordinary(text)  # every pre-token merged anew
 
     threads = os.cpu_count() or 1
+    n_gpt2 = len(gpt2.encode_ordinary(text))
     rows = [
         ("our BPE, pure Python, no pre-token cache", vocab_size, python_no_cache, 1, len(ids_python)),
         ("our BPE, pure Python, pre-token cache (starts empty)", vocab_size, python_cold, 1, len(ids_python)),
         ("our BPE as tiktoken.Encoding, 1 thread", vocab_size, lambda: ours_tiktoken.encode_ordinary(text), repeats, len(ids_python)),
         (f"our BPE as tiktoken.Encoding, batch of stories, {threads} threads", vocab_size,
          lambda: ours_tiktoken.encode_ordinary_batch(stories, num_threads=threads), repeats, len(ids_python)),
-        ("GPT-2 (tiktoken), 1 thread", gpt2.n_vocab, lambda: gpt2.encode_ordinary(text), repeats, len(gpt2.encode_ordinary(text))),
+        ("GPT-2 (tiktoken), 1 thread", gpt2.n_vocab, lambda: gpt2.encode_ordinary(text), repeats, n_gpt2),
         (f"GPT-2 (tiktoken), batch of stories, {threads} threads", gpt2.n_vocab,
-         lambda: gpt2.encode_ordinary_batch(stories, num_threads=threads), repeats, len(gpt2.encode_ordinary(text))),
+         lambda: gpt2.encode_ordinary_batch(stories, num_threads=threads), repeats, n_gpt2),
     ]
     results = []
     for name, vocab, fn, reps, n_tokens in rows:

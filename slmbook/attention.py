@@ -77,13 +77,12 @@ def scaled_dot_product_attention(
     if impl == "sdpa":
         if return_weights:
             raise ValueError("return_weights=True needs impl='manual': the fused kernel never forms the weights")
-        if mask is not None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
-        if not causal or q_len == 1:  # one new token may see every cached key: no mask needed
-            return F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1)
-        if q_len == k_len:  # training and prefill: the kernel's own triangle, no mask tensor
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=groups > 1)
-        mask = causal_mask(q_len, k_len, device=q.device)  # several new tokens after a cache
+        if mask is None:  # the causal rule
+            if not causal or q_len == 1:  # one new token may see every cached key: no mask needed
+                return F.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1)
+            if q_len == k_len:  # training and prefill: the kernel's own triangle, no mask tensor
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=groups > 1)
+            mask = causal_mask(q_len, k_len, device=q.device)  # several new tokens after a cache
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
 
     # The manual path: the formula, one line per step.

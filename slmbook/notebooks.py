@@ -74,8 +74,14 @@ def existing() -> list[Chapter]:
 
 
 def missing() -> list[Chapter]:
-    folder = notebooks_dir()
-    return [ch for ch in CHAPTERS if not (folder / ch.notebook).is_file()]
+    """Chapters whose notebook is not written yet."""
+    written = existing()
+    return [ch for ch in CHAPTERS if ch not in written]
+
+
+def notebook_paths(keys=()) -> list[Path]:
+    """The notebooks named by `keys` (see `resolve`), or every existing one."""
+    return [resolve(str(k)) for k in keys] if keys else [notebooks_dir() / ch.notebook for ch in existing()]
 
 
 def resolve(key: str) -> Path:
@@ -152,7 +158,7 @@ def run(keys=None, params: dict | None = None, out_dir: str | Path = "executed",
     """
     import papermill
 
-    paths = [resolve(str(k)) for k in keys] if keys else [notebooks_dir() / ch.notebook for ch in existing()]
+    paths = notebook_paths(keys)
     params = dict(params or {})
     if inplace and params:
         raise ValueError("--inplace stores the committed outputs, which must come from the defaults: "
@@ -293,8 +299,7 @@ def _main(argv=None) -> int:
                           kernel=args.kernel, timeout=args.timeout)
             print(f"executed {len(written)} notebook(s) in {time.perf_counter() - start:.1f} s")
         elif args.command == "check":
-            paths = [resolve(k) for k in args.notebooks] if args.notebooks else \
-                [notebooks_dir() / ch.notebook for ch in existing()]
+            paths = notebook_paths(args.notebooks)
             problems = [p for path in paths for p in check(path)]
             for problem in problems:
                 print(problem)

@@ -24,7 +24,7 @@ from pathlib import Path
 from slmbook.config import PRESETS as MODEL_PRESETS
 from slmbook.checkpoint import STATE_FILE, run_dir
 from slmbook.config import preset
-from slmbook.training import PRECISIONS, PRESETS, TrainConfig, Trainer, training_preset
+from slmbook.training import PRECISIONS, PRESETS, TrainConfig, Trainer, process_gpu, training_preset
 
 DATA_DIR = ".data"
 
@@ -137,12 +137,9 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if world_size > 1:
-        import torch
         import torch.distributed as dist
 
-        use_nccl = torch.cuda.is_available() and config.device in ("auto", "cuda")
-        if use_nccl:  # one GPU per process, chosen before NCCL's first collective
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        use_nccl = process_gpu(config.device) is not None  # one GPU per process, before NCCL's first collective
         dist.init_process_group(backend="nccl" if use_nccl else "gloo")
     try:
         rank = int(os.environ.get("RANK", "0"))

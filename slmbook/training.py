@@ -133,12 +133,16 @@ class TrainConfig:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.context
 
-    def replace(self, **changes) -> "TrainConfig":
-        """A copy with some fields changed (checked again); unknown names are refused."""
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - fields)
+    @classmethod
+    def _refuse_unknown(cls, names) -> None:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(names) - fields)
         if unknown:
             raise ValueError(f"TrainConfig has no field(s) {unknown}; fields are {sorted(fields)}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (checked again); unknown names are refused."""
+        self._refuse_unknown(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -147,10 +151,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         values = dict(values)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"TrainConfig has no field(s) {unknown}; fields are {sorted(fields)}")
+        cls._refuse_unknown(values)
         if isinstance(values.get("model"), dict):
             values["model"] = QwenConfig.from_dict(values["model"])
         return cls(**values)
@@ -433,6 +434,18 @@ class History:
         return cls(list(values.get("train", [])), list(values.get("eval", [])), list(values.get("samples", [])))
 
 
+def process_gpu(device: str = "auto") -> torch.device | None:
+    """Under torchrun with GPUs: this process's own GPU (LOCAL_RANK), made the current device so that
+    NCCL and every allocation use it; None when the run is not to use CUDA (`device` another kind)."""
+    import os
+
+    if not (torch.cuda.is_available() and device in ("auto", "cuda")):
+        return None
+    gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))))
+    torch.cuda.set_device(gpu)
+    return gpu
+
+
 def distributed_context() -> tuple[int, int]:
     """(rank, world_size) of this process: (0, 1) unless torch.distributed is initialised."""
     import torch.distributed as dist
@@ -476,13 +489,8 @@ class Trainer:
                 f"batch_size={config.batch_size} is not divisible by grad_accum * processes = "
                 f"{config.grad_accum} * {self.world_size}: every process needs the same number of whole sequences")
         self.micro_batch = config.batch_size // (config.grad_accum * self.world_size)
-        if self.world_size > 1 and torch.cuda.is_available() and config.device in ("auto", "cuda"):
-            import os
-
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = pick_device(config.device)
+        gpu = process_gpu(config.device) if self.world_size > 1 else None  # torchrun: this process's GPU
+        self.device = gpu if gpu is not None else pick_device(config.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # float32 products on tensor cores
             torch.backends.cudnn.allow_tf32 = True
