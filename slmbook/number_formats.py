@@ -199,18 +199,24 @@ def format_range(fmt) -> FormatRange:
     )
 
 
-def int_range(fmt) -> tuple[int, int]:
-    """(min, max) of an integer format."""
+def int_format(fmt):
+    """An integer format from its name ('int8', 'int4', ...), or `fmt` itself."""
     if isinstance(fmt, str):
         if fmt not in INT_FORMATS:
             raise ValueError(f"format={fmt!r} is not a known integer format; allowed: {sorted(INT_FORMATS)}")
-        fmt = INT_FORMATS[fmt]
+        return INT_FORMATS[fmt]
+    return fmt
+
+
+def int_range(fmt) -> tuple[int, int]:
+    """(min, max) of an integer format."""
+    fmt = int_format(fmt)
     return fmt.min, fmt.max
 
 
 def int_bits(value: int, fmt) -> str:
     """Two's-complement bits of `value` in an integer format ('int8', 'int4', ...)."""
-    fmt = INT_FORMATS[fmt] if isinstance(fmt, str) else fmt
+    fmt = int_format(fmt)
     lo, hi = int_range(fmt)
     if not isinstance(value, int) or not lo <= value <= hi:
         raise ValueError(f"value={value!r}: {fmt.name} holds integers {lo}..{hi}")

@@ -266,9 +266,13 @@ def pooled_error(model: nn.Module, skip=("lm_head",), **settings) -> dict[str, f
     return {"bits_per_weight": 8 * nbytes / original.numel(), **error_stats(original, approx)}
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+def _replace_linears(model: nn.Module, skip, make) -> nn.Module:
+    """A copy of `model`, in eval mode, whose linear layers (except `skip`) are `make(linear)`."""
+    model = copy.deepcopy(model)
+    for name, linear in _linear_layers(model, skip):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, make(linear))
+    return model.eval()
 
 
 def quantize_model(model: nn.Module, bits: int = 8, scheme: str = "absmax", granularity: str = "channel",
@@ -279,10 +283,7 @@ def quantize_model(model: nn.Module, bits: int = 8, scheme: str = "absmax", gran
     embedding table here, and the logits are where a rounding error hurts every token.
     """
     _check_settings(bits, scheme, granularity, group_size)
-    quantized = copy.deepcopy(model)
-    for name, linear in _linear_layers(quantized, skip):
-        _replace(quantized, name, QuantizedLinear(linear, bits, scheme, granularity, group_size))
-    return quantized.eval()
+    return _replace_linears(model, skip, lambda linear: QuantizedLinear(linear, bits, scheme, granularity, group_size))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,10 +354,7 @@ def to_bitsandbytes(model: nn.Module, method: str, skip=("lm_head",), **options)
     """A copy of `model` with its linear layers (except `skip`) replaced by bitsandbytes layers."""
     if method not in BNB_METHODS:
         raise ValueError(f"method={method!r}: allowed {BNB_METHODS}")
-    quantized = copy.deepcopy(model)
-    for name, linear in _linear_layers(quantized, skip):
-        _replace(quantized, name, bitsandbytes_linear(linear, method, **options))
-    return quantized.eval()
+    return _replace_linears(model, skip, lambda linear: bitsandbytes_linear(linear, method, **options))
 
 
 # ------------------------------------------------------------------------------------------------
