@@ -342,6 +342,9 @@ class StepBatches:
 # --- the output head and the loss, fused -----------------------------------------------------------
 
 
+PAD_VOCAB_TO = 64  # the fused loss pads the vocabulary to a multiple of this (see its forward)
+
+
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """mean cross-entropy of (hidden @ weight^T) against targets, a chunk of tokens at a time, with the
     gradients computed during the forward pass. Why: the logits of a batch are tokens x vocabulary
@@ -355,25 +358,30 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype):
-        n = hidden.shape[0]
+        n, vocab = hidden.shape[0], weight.shape[0]
+        # The vocabulary is padded with zero rows to a multiple of PAD_VOCAB_TO: a row of 50,257
+        # bf16 logits is not 16-byte aligned, and the GPU's fastest matmul kernels need that. The
+        # padded columns are masked out of the softmax and their gradient rows dropped.
+        padded = -(-vocab // PAD_VOCAB_TO) * PAD_VOCAB_TO
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen explicitly
-            h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            h = hidden.to(compute_dtype)
+            w = F.pad(weight.to(compute_dtype), (0, 0, 0, padded - vocab))
             grad_h = torch.empty_like(h)
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_w = torch.zeros((padded, weight.shape[1]), dtype=torch.float32, device=weight.device)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            vocab = torch.arange(weight.shape[0], device=weight.device)
+            columns = torch.arange(padded, device=weight.device)
             for start in range(0, n, chunk):
                 hc, yc = h[start : start + chunk], targets[start : start + chunk]
-                logits = (hc @ w.t()).float()
+                logits = (hc @ w.t()).float().masked_fill(columns >= vocab, float("-inf"))
                 lse = torch.logsumexp(logits, dim=-1)
                 total = total + (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
                 # softmax - one_hot(target), written element-wise so that torch.compile makes it one
                 # pass over the logits (a scatter in the middle would cost two more)
-                is_target = vocab[None, :] == yc[:, None]
+                is_target = columns[None, :] == yc[:, None]
                 g = ((torch.exp(logits - lse[:, None]) - is_target.float()) / n).to(compute_dtype)
                 grad_h[start : start + chunk] = g @ w
                 grad_w += (g.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w)
+        ctx.save_for_backward(grad_h, grad_w[:vocab])
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total / n
 
