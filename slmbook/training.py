@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from slmbook import checkpoint
 from slmbook.config import BOOK, TINY, QwenConfig
 from slmbook.flops import training_flops_per_token
+from slmbook.fused_loss import FusedLossModel
 from slmbook.hardware import synchronize
 from slmbook.metrics import bits_per_byte
 from slmbook.qwen import QwenModel
@@ -337,90 +338,6 @@ class StepBatches:
     def epochs(self, steps: int) -> float:
         """Passes over the training windows that `steps` optimizer steps make."""
         return steps * self.batch_size / self.per_epoch
-
-
-# --- the output head and the loss, fused -----------------------------------------------------------
-
-
-PAD_VOCAB_TO = 64  # the fused loss pads the vocabulary to a multiple of this (see its forward)
-
-
-class FusedLinearCrossEntropy(torch.autograd.Function):
-    """mean cross-entropy of (hidden @ weight^T) against targets, a chunk of tokens at a time, with the
-    gradients computed during the forward pass. Why: the logits of a batch are tokens x vocabulary
-    numbers (32,768 x 50,257 bf16 = 3.3 GB for a 32 x 1,024 batch), written, read and written again
-    around the loss; in chunks they never exist in full, and each chunk is used while it is fresh.
-
-    Per chunk of rows: logits = h @ W^T, lse = logsumexp(logits), loss += lse - logits[target], and
-    the gradient of the mean loss with respect to the logits is (softmax - one_hot(target)) / N, so
-    dL/dh = that @ W and dL/dW += that^T @ h. Backward only scales the stored gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype):
-        n, vocab = hidden.shape[0], weight.shape[0]
-        # The vocabulary is padded with zero rows to a multiple of PAD_VOCAB_TO: a row of 50,257
-        # bf16 logits is not 16-byte aligned, and the GPU's fastest matmul kernels need that. The
-        # padded columns are masked out of the softmax and their gradient rows dropped.
-        padded = -(-vocab // PAD_VOCAB_TO) * PAD_VOCAB_TO
-        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen explicitly
-            h = hidden.to(compute_dtype)
-            w = F.pad(weight.to(compute_dtype), (0, 0, 0, padded - vocab))
-            grad_h = torch.empty_like(h)
-            grad_w = torch.zeros((padded, weight.shape[1]), dtype=torch.float32, device=weight.device)
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            columns = torch.arange(padded, device=weight.device)
-            for start in range(0, n, chunk):
-                hc, yc = h[start : start + chunk], targets[start : start + chunk]
-                logits = (hc @ w.t()).float().masked_fill(columns >= vocab, float("-inf"))
-                lse = torch.logsumexp(logits, dim=-1)
-                total = total + (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
-                # softmax - one_hot(target), written element-wise so that torch.compile makes it one
-                # pass over the logits (a scatter in the middle would cost two more)
-                is_target = columns[None, :] == yc[:, None]
-                g = ((torch.exp(logits - lse[:, None]) - is_target.float()) / n).to(compute_dtype)
-                grad_h[start : start + chunk] = g @ w
-                grad_w += (g.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w[:vocab])
-        ctx.dtypes = (hidden.dtype, weight.dtype)
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_h, grad_w = ctx.saved_tensors
-        h_dtype, w_dtype = ctx.dtypes
-        return (grad_h * grad_output).to(h_dtype), (grad_w * grad_output).to(w_dtype), None, None, None
-
-
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                               chunk: int = 4096) -> torch.Tensor:
-    """F.cross_entropy(hidden @ weight.T, targets) (mean over tokens) without the full logits.
-
-    hidden (tokens, dim), weight (vocab, dim), targets (tokens,). Under autocast the products run
-    in the autocast dtype and the softmax in float32, as in the model's own loss.
-    """
-    if hidden.ndim != 2 or targets.shape != hidden.shape[:1] or weight.ndim != 2 or weight.shape[1] != hidden.shape[1]:
-        raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets {tuple(targets.shape)}: "
-                         "expected (tokens, dim), (vocab, dim) and (tokens,)")
-    if not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk={chunk!r}: must be a positive integer")
-    device = hidden.device.type
-    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    return FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk, compute)
-
-
-class FusedLossModel(torch.nn.Module):
-    """`model` whose training forward ends in `fused_linear_cross_entropy` instead of lm_head + the
-    model's loss: forward(x, y) -> (None, loss). A module, so that DDP and torch.compile wrap it."""
-
-    def __init__(self, model: QwenModel, chunk: int):
-        super().__init__()
-        self.model, self.chunk = model, chunk
-
-    def forward(self, x, y):
-        hidden = self.model.forward_hidden(x)
-        loss = fused_linear_cross_entropy(hidden.flatten(0, 1), self.model.lm_head.weight, y.flatten(), self.chunk)
-        return None, loss
 
 
 # --- the trainer ------------------------------------------------------------------------------------
