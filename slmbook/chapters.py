@@ -79,7 +79,7 @@ CHAPTERS = (
             ("moe",)),
     Chapter(14, "training", "Training small language models in practice",
             "your own Qwen trained on TinyStories on a GPU: loss curves, throughput, stories",
-            ("training", "checkpoint", "train", "distributed")),
+            ("training", "fused_loss", "checkpoint", "train", "distributed")),
 )
 
 

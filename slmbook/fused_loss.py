@@ -1,9 +1,8 @@
-"""The output head fused with the cross-entropy loss (chapter 14): the largest tensor of a training
-step, the tokens x vocabulary logits, never exists in full.
+"""The output head fused with the loss (chapter 14): the tokens x vocabulary logits never exist in full.
 
-For a batch of 32 x 1,024 tokens and GPT-2's 50,257-token vocabulary the logits are 1.6 G numbers
-(3.3 GB in bf16), written by the head, read by the softmax, written again as their gradient and read
-twice more by the backward products. Here the tokens go through the head a chunk at a time, and the
+They are the largest tensor of a training step: for a batch of 32 x 1,024 tokens and GPT-2's
+50,257-token vocabulary, 1.6 G numbers (3.3 GB in bf16), written by the head, read by the softmax,
+written again as their gradient and read twice more by the backward products. Here the tokens go through the head a chunk at a time, and the
 gradients are computed while each chunk is fresh: per chunk of rows
 
     logits = h @ W^T,  lse = logsumexp(logits),  loss += lse - logits[target]
