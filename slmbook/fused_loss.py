@@ -2,8 +2,9 @@
 
 They are the largest tensor of a training step: for a batch of 32 x 1,024 tokens and GPT-2's
 50,257-token vocabulary, 1.6 G numbers (3.3 GB in bf16), written by the head, read by the softmax,
-written again as their gradient and read twice more by the backward products. Here the tokens go through the head a chunk at a time, and the
-gradients are computed while each chunk is fresh: per chunk of rows
+written again as their gradient and read twice more by the backward products. Here the tokens go
+through the head a chunk at a time, and the gradients are computed while each chunk is fresh: per
+chunk of rows
 
     logits = h @ W^T,  lse = logsumexp(logits),  loss += lse - logits[target]
     g = (softmax(logits) - one_hot(target)) / N       # dL/dlogits of the mean loss
@@ -81,6 +82,7 @@ def softmax_gradient_triton(logits: torch.Tensor, targets: torch.Tensor, vocab: 
     if triton is None:
         raise RuntimeError("kernel='triton' needs the triton package (it comes with CUDA builds of PyTorch); "
                            "use kernel='torch'")
+    logits, targets = logits.contiguous(), targets.contiguous()  # the kernel walks rows of unit stride
     rows, width = logits.shape
     g = torch.empty_like(logits)
     lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
