@@ -11,7 +11,7 @@
 
 The switches (`TrainConfig`): bf16 autocast, `torch.compile`, SDPA or manual attention, the fused
 AdamW kernel, gradient accumulation and clipping, and an output head fused with the loss
-(`loss_chunk`, which never holds the full tokens x vocabulary logits). None of them changes what is
+(`loss_chunk`, slmbook/fused_loss.py, which never holds the full tokens x vocabulary logits). None of them changes what is
 computed, only how fast and in how much memory; the plain float32 path on a CPU is the reference.
 
 Speed rules the loop follows (they matter on a GPU, where a step takes milliseconds):
