@@ -11,8 +11,9 @@
 
 The switches (`TrainConfig`): bf16 autocast, `torch.compile`, SDPA or manual attention, the fused
 AdamW kernel, gradient accumulation and clipping, and an output head fused with the loss
-(`loss_chunk`, slmbook/fused_loss.py, which never holds the full tokens x vocabulary logits). None of them changes what is
-computed, only how fast and in how much memory; the plain float32 path on a CPU is the reference.
+(`loss_chunk`, slmbook/fused_loss.py, which never holds the full tokens x vocabulary logits). None
+of them changes what is computed, only how fast and in how much memory; the plain float32 path on a
+CPU is the reference.
 
 Speed rules the loop follows (they matter on a GPU, where a step takes milliseconds):
 - no `.item()` or `.cpu()` inside a step: every such call waits for the GPU to finish. Losses are
