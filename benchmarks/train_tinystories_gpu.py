@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         history = trainer.run()
         wall = time.perf_counter() - start
         best = min(history.eval, key=lambda r: r["val_loss"])
-        checkpoint.load_weights(trainer.model, out, checkpoint.read_state(out))  # the best checkpoint
+        checkpoint.load_weights(trainer.model, out)  # the best checkpoint
         samples = [trainer.sample(24 if args.smoke else 200, seed=i, prompt=prompt)
                    for i, prompt in enumerate(PROMPTS[: 1 if args.smoke else 3])]
         summary = summarize(trainer, history, wall)
@@ -166,10 +166,10 @@ def main(argv=None) -> int:
             "name": run.name, "data_fraction": run.data_fraction, "model": config.model.to_dict(),
             "parameters": trainer.model.num_parameters(), "train_tokens": train_tokens,
             "steps": steps, "batch_size": config.batch_size, "context": config.context,
-            "tokens_seen": steps * config.tokens_per_step, "epochs": trainer.train_data.epochs(steps),
+            "tokens_seen": summary["tokens_seen"], "epochs": summary["epochs"],
             "best_val_loss": best["val_loss"], "best_val_bpb": best.get("val_bpb"), "best_step": best["step"],
             "best_epoch": trainer.train_data.epochs(best["step"]),
-            "final_val_loss": history.eval[-1]["val_loss"], "final_train_loss": summary["train_loss"],
+            "final_val_loss": summary["val_loss"], "final_train_loss": summary["train_loss"],
             "tokens_per_s_median": summary["tokens_per_s_median"], "mfu_median": mfus[len(mfus) // 2] if mfus else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else None,
             "wall_s": wall, "checkpoint": str(out), "samples": samples,

@@ -286,7 +286,7 @@ def main(argv=None) -> int:
                                       f"{args.baseline_compile_mode!r}")
                     ours["target"] = ", ".join(checks)
             save()
-    text = save()
+    text = table(rows, hw)  # save() wrote it after the last shape
     print()
     print(text)
     print(f"wrote {stem.with_suffix('.md')} and .json")

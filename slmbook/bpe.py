@@ -104,8 +104,7 @@ def count_pretokens(texts: Iterable[str], pattern: str = GPT2_PATTERN, special_t
     compiled = regex.compile(pattern)
     counts: Counter[bytes] = Counter()
     for text in tqdm(texts, desc="pre-tokenizing", disable=not progress, unit=" texts"):
-        if not isinstance(text, str):
-            raise TypeError(f"texts must yield str, got {type(text).__name__}")
+        _check_text(text, "texts item")
         for part in _split_special(text, special_tokens):
             counts.update(compiled.findall(part))
     return Counter({word.encode("utf-8"): n for word, n in counts.items()})

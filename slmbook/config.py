@@ -14,6 +14,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 ROUTER_SCORES = ("softmax", "sigmoid")
 
 
+def refuse_unknown_fields(cls, names) -> None:
+    """A ValueError if `names` holds a field the dataclass `cls` does not have (a typo in a config)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(names) - fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields are {sorted(fields)}")
+
+
 def positive_int(name: str, value) -> int:
     """`value` if it is an int >= 1 (not a bool); otherwise a ValueError naming the parameter."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -84,9 +92,7 @@ class QwenConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"QwenConfig.{name}={value!r}: must be an integer >= 0")
-        k = self.n_experts_per_token
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"QwenConfig.n_experts_per_token={k!r}: must be a positive integer")
+        k = positive_int("QwenConfig.n_experts_per_token", self.n_experts_per_token)
         if self.n_experts and k > self.n_experts:
             raise ValueError(f"QwenConfig.n_experts_per_token={k} exceeds n_experts={self.n_experts}: "
                              f"a token can use at most every expert (allowed 1..{self.n_experts})")
@@ -126,10 +132,7 @@ class QwenConfig:
 
     def replace(self, **changes) -> "QwenConfig":
         """A copy with some fields changed (validated again)."""
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - fields)
-        if unknown:
-            raise ValueError(f"QwenConfig has no field(s) {unknown}; fields are {sorted(fields)}")
+        refuse_unknown_fields(type(self), changes)
         if "dim" in changes or "n_heads" in changes:
             changes.setdefault("head_dim", None)
         return dataclasses.replace(self, **changes)
@@ -139,10 +142,7 @@ class QwenConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "QwenConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"QwenConfig has no field(s) {unknown}; fields are {sorted(fields)}")
+        refuse_unknown_fields(cls, values)
         return cls(**values)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from slmbook.config import positive_int
 from slmbook.curation import near_duplicates, normalize, story_hash
 from slmbook.data import iter_story_files
 
@@ -253,8 +254,7 @@ class TokenBatches:
     def __init__(self, path: str | Path, batch_size: int, context_length: int, *, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, device: str | torch.device = "cpu"):
         for name, value in (("batch_size", batch_size), ("context_length", context_length), ("world_size", world_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be a positive integer")
+            positive_int(name, value)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank!r}: must be an integer in 0..world_size-1 = 0..{world_size - 1}")
         if not isinstance(seed, int) or seed < 0:

@@ -21,14 +21,13 @@ are *model* FLOPs, the numerator of model FLOPs utilisation (MFU), which by defi
 
 from __future__ import annotations
 
-from slmbook.config import QwenConfig
+from slmbook.config import QwenConfig, positive_int
 
 
 def _check(config: QwenConfig, seq_len: int) -> None:
     if not isinstance(config, QwenConfig):
         raise TypeError(f"config={config!r}: expected a slmbook.config.QwenConfig")
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
-        raise ValueError(f"seq_len={seq_len!r}: must be a positive integer")
+    positive_int("seq_len", seq_len)
     if seq_len > config.context_length:
         raise ValueError(f"seq_len={seq_len} is longer than config.context_length={config.context_length}")
 

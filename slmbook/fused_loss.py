@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from slmbook.config import positive_int
+
 try:  # ships with CUDA builds of PyTorch; optional elsewhere
     import triton
     import triton.language as tl
@@ -148,8 +150,7 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     if hidden.ndim != 2 or targets.shape != hidden.shape[:1] or weight.ndim != 2 or weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets {tuple(targets.shape)}: "
                          "expected (tokens, dim), (vocab, dim) and (tokens,)")
-    if not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk={chunk!r}: must be a positive integer")
+    positive_int("chunk", chunk)
     kernel = resolve_kernel(kernel, hidden.device)
     device = hidden.device.type
     compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype

@@ -59,7 +59,7 @@ class NGramModel:
         for i in ids:
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"token id {i} is out of range 0..{self.vocab_size - 1}")
-        return [self.eot_token] * (self.n - 1) + ids + [self.eot_token]
+        return pad_story(ids, self.n, self.eot_token)
 
     def fit(self, stories: Iterable[Sequence[int]]) -> "NGramModel":
         """Count every (context, next token) pair of every order in the tokenized stories."""
@@ -159,12 +159,18 @@ class NGramModel:
         return new
 
 
+def pad_story(ids: Sequence[int], n: int, eot_token: int) -> list[int]:
+    """A story as an n-gram model reads it: n-1 end-of-text tokens before it (so its first token has a
+    full context: "start of a story") and one after it (so "the story ends here" is learned too)."""
+    return [eot_token] * (n - 1) + [int(i) for i in ids] + [eot_token]
+
+
 def story_ngrams(stories: Iterable[Sequence[int]], n: int, eot_token: int) -> list[tuple[int, ...]]:
     """Every n-gram of every story, padded as NGramModel trains: n-1 end-of-text tokens before the
     story (its start) and one after it (its end)."""
     grams = []
     for ids in stories:
-        seq = [eot_token] * (n - 1) + [int(i) for i in ids] + [eot_token]
+        seq = pad_story(ids, n, eot_token)
         grams += [tuple(seq[i - n + 1 : i + 1]) for i in range(n - 1, len(seq))]
     return grams
 

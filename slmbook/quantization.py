@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slmbook.config import positive_int
+
 SCHEMES = ("absmax", "zeropoint")
 GRANULARITIES = ("tensor", "channel", "group")
 BITS = (4, 8)
@@ -260,9 +262,10 @@ def pooled_error(model: nn.Module, skip=("lm_head",), **settings) -> dict[str, f
     weight (codes + scales) and `error_stats` of the concatenated weights, so large layers count in
     proportion to their size."""
     weights = [m.weight.detach().float().cpu() for _, m in _linear_layers(model, skip)]
+    quantized = [quantize(w, **settings) for w in weights]  # each weight once: its codes and its bytes
     original = torch.cat([w.flatten() for w in weights])
-    approx = torch.cat([fake_quantize(w, **settings).flatten() for w in weights])
-    nbytes = sum(quantize(w, **settings).nbytes for w in weights)
+    approx = torch.cat([q.dequantize(w.dtype).flatten() for q, w in zip(quantized, weights)])
+    nbytes = sum(q.nbytes for q in quantized)
     return {"bits_per_weight": 8 * nbytes / original.numel(), **error_stats(original, approx)}
 
 
@@ -445,8 +448,7 @@ def evaluation_batches(tokens, context: int, batch_size: int, max_windows: int |
     (slmbook.training.Trainer.evaluate) scores, so perplexities are comparable with training's."""
     tokens = torch.as_tensor(tokens).long().reshape(-1)
     for name, value in (("context", context), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}={value!r}: must be a positive integer")
+        positive_int(name, value)
     windows = (tokens.numel() - 1) // context
     if max_windows is not None:
         windows = min(windows, max_windows)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 from slmbook.config import QwenConfig
-from slmbook.memory import parameter_count, parameter_counts
+from slmbook.memory import parameter_counts
 
 # Kaplan et al. 2020, table 5 / equations 1.1-1.5
 KAPLAN = {"N_c": 8.8e13, "alpha_N": 0.076, "D_c": 5.4e13, "alpha_D": 0.095}
@@ -106,7 +106,8 @@ def count_parameters(config: QwenConfig, embeddings: bool = True) -> int:
     embeddings=False leaves out the token-embedding table, the N of Kaplan's law (the convention of
     `QwenModel.num_parameters(exclude_embeddings=True)`).
     """
-    return parameter_count(config) - (0 if embeddings else parameter_counts(config)["embedding"])
+    parts = parameter_counts(config)
+    return sum(parts.values()) - (0 if embeddings else parts["embedding"])
 
 
 def embedding_share(config: QwenConfig) -> float:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from slmbook import checkpoint
-from slmbook.config import BOOK, TINY, QwenConfig
+from slmbook.config import BOOK, TINY, QwenConfig, refuse_unknown_fields
 from slmbook.flops import training_flops_per_token
 from slmbook.fused_loss import FusedLossModel
 from slmbook.hardware import synchronize
@@ -135,16 +135,9 @@ class TrainConfig:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.context
 
-    @classmethod
-    def _refuse_unknown(cls, names) -> None:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(names) - fields)
-        if unknown:
-            raise ValueError(f"TrainConfig has no field(s) {unknown}; fields are {sorted(fields)}")
-
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (checked again); unknown names are refused."""
-        self._refuse_unknown(changes)
+        refuse_unknown_fields(type(self), changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -153,7 +146,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         values = dict(values)
-        cls._refuse_unknown(values)
+        refuse_unknown_fields(cls, values)
         if isinstance(values.get("model"), dict):
             values["model"] = QwenConfig.from_dict(values["model"])
         return cls(**values)
