@@ -1,6 +1,7 @@
 """Training throughput: our Qwen vs transformers' Qwen3ForCausalLM, through the same training loop.
 
-    python benchmarks/training_throughput.py                 # on a GPU: both shapes, compiled, bf16
+    python benchmarks/training_throughput.py                 # on a GPU: every shape, compiled, bf16
+    python benchmarks/training_throughput.py --shape "book 51M (ctx 1024)" --out benchmarks/results/training_throughput_book
     python benchmarks/training_throughput.py --smoke         # CPU, tiny shapes, seconds: does it run?
 
 Both models train in one `slmbook.training.Trainer` loop, so everything but the model is identical:
@@ -12,9 +13,11 @@ Python takes about as long), SDPA attention on both. transformers' model gets us
 runs twice: with the same loss expression as ours (cross-entropy in float32 over the logits), and as a
 transformers user trains it, `model(input_ids, labels=...)`, with its own loss.
 
-Shapes: llama2.c's 15M model (dim 288, 6 layers, 6 heads, context 256, vocabulary 32,000,
-batch 128), and the book's model at context 1024 (dim 512, 8 layers, 8 query / 4 key-value heads,
-SwiGLU 1536, GPT-2's vocabulary 50,257, batch 32).
+Shapes: the issue's two, llama2.c's 15M model (dim 288, 6 layers, 6 heads, context 256, SwiGLU 768,
+vocabulary 32,000, batch 128) and its 42M model (dim 512, 8 layers, 8 heads, context 1024, SwiGLU
+1376, vocabulary 32,000, batch 32), with QK-norm added as Qwen has it; and the book's own model at
+context 1024 (dim 512, 8 layers, 8 query / 4 key-value heads, SwiGLU 1536, GPT-2's vocabulary 50,257,
+batch 32): the same body as the 42M shape with a 57% larger vocabulary, so a heavier output head.
 
 MFU = tokens/s x model FLOPs per token (slmbook.flops.training_flops_per_token: every matrix product,
 attention scores and output head included, backward = 2 x forward) / peak FLOP/s, against both the
@@ -28,6 +31,7 @@ import argparse
 import gc
 import json
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -49,14 +53,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = {
     "15M (llama2.c)": (QwenConfig(vocab_size=32000, context_length=256, dim=288, n_layers=6, n_heads=6, n_kv_heads=6,
                                   hidden_dim=768, rope_theta=10_000.0), 128),
-    "512x8, ctx 1024": (BOOK.replace(context_length=1024), 32),
+    "42M (llama2.c)": (QwenConfig(vocab_size=32000, context_length=1024, dim=512, n_layers=8, n_heads=8, n_kv_heads=8,
+                                  hidden_dim=1376, rope_theta=10_000.0), 32),
+    "book 51M (ctx 1024)": (BOOK.replace(context_length=1024), 32),
 }
 SMOKE_SHAPES = {
     "smoke A": (QwenConfig(vocab_size=512, context_length=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, hidden_dim=128), 4),
     "smoke B": (QwenConfig(vocab_size=512, context_length=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128), 2),
 }
-# The issue's targets on one H100 (tokens/s of ours; MFU at the 512x8 shape; ours / transformers).
-TARGETS = {"15M (llama2.c)": {"tokens_per_s": 2.2e6}, "512x8, ctx 1024": {"tokens_per_s": 1.2e6, "mfu": 0.45}}
+# The issue's targets on one H100 (tokens/s of ours; MFU at the 512 x 8 x 1024 shape; ours / transformers).
+# The book's shape has none of its own: only the comparison with transformers is checked there.
+TARGETS = {"15M (llama2.c)": {"tokens_per_s": 2.2e6}, "42M (llama2.c)": {"tokens_per_s": 1.2e6, "mfu": 0.45}}
 TARGET_SPEEDUP = 2.0
 
 
@@ -193,6 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, a few steps: check that it runs")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--impl", default=",".join(IMPLS), help=f"comma-separated, from {sorted(IMPLS)}")
+    p.add_argument("--shape", action="append", default=None,
+                   help=f"a shape to time, repeatable, from {sorted(SHAPES)} (default: all of them)")
     p.add_argument("--loss-chunk", type=int, default=8192, help="tokens per chunk of slmbook-fused's loss")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for every model (default: reduce-overhead on a GPU, else default)")
@@ -212,6 +221,11 @@ def main(argv=None) -> int:
         if impl not in IMPLS:
             p.error(f"--impl: {impl!r} is unknown; allowed: {sorted(IMPLS)}")
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    if args.shape:
+        for name in args.shape:
+            if name not in shapes:
+                p.error(f"--shape: {name!r} is unknown; allowed: {sorted(shapes)}")
+        shapes = {name: shapes[name] for name in args.shape}
     compile_default = device.type == "cuda"
     compile_mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else "default")
     compiled = [args.compile if args.compile is not None else compile_default]
@@ -235,7 +249,7 @@ def main(argv=None) -> int:
         note = ("A CPU smoke run: it checks that the script works. On a shared CPU these numbers are noise, "
                 "not a benchmark.\n\n" if args.smoke else "")
         stem.with_suffix(".md").write_text(f"# Training throughput\n\n`python benchmarks/{Path(__file__).name} "
-                                           f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n{note}{text}")
+                                           f"{shlex.join(argv if argv is not None else sys.argv[1:])}`\n\n{note}{text}")
         stem.with_suffix(".json").write_text(json.dumps({"hardware": hw, "steps": steps, "warmup": warmup,
                                                          "precision": precision, "compile_mode": compile_mode,
                                                          "loss_chunk": args.loss_chunk, "implementations": IMPLS,
@@ -273,7 +287,10 @@ def main(argv=None) -> int:
                     baseline = timed("transformers", True, args.baseline_compile_mode)
                 if mine and not args.smoke and device.type == "cuda" and use_compile:
                     ours, target = max(mine, key=lambda r: r["tokens_per_s"]), TARGETS.get(name, {})
-                    checks = [f"{'✅' if ours['tokens_per_s'] >= target['tokens_per_s'] else '❌'} >= {target['tokens_per_s'] / 1e6:.1f} M tok/s"]
+                    checks = []
+                    if "tokens_per_s" in target:
+                        checks.append(f"{'✅' if ours['tokens_per_s'] >= target['tokens_per_s'] else '❌'} "
+                                      f">= {target['tokens_per_s'] / 1e6:.1f} M tok/s")
                     if "mfu" in target:
                         mfu = ours["mfu_measured"]  # the brief's MFU: against the measured bf16 matmul peak
                         checks.append(f"{'✅' if mfu >= target['mfu'] else '❌'} MFU >= {target['mfu']:.0%} (measured peak)")

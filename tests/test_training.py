@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +352,25 @@ def test_training_with_the_fused_loss_follows_the_models_loss(data):
         x = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
         from slmbook.fused_loss import FusedLossModel
         assert FusedLossModel(model, 10)(x, x)[1].item() == pytest.approx(model(x, x)[1].item(), abs=2e-2)
+
+
+def test_throughput_benchmark_smoke_run_and_shape_choice(tmp_path, capsys):
+    """benchmarks/training_throughput.py --smoke on one chosen shape: one row per implementation,
+    the table and json written; an unknown --shape is refused with the allowed names."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "training_throughput.py"
+    spec = importlib.util.spec_from_file_location("training_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stem = tmp_path / "tt"
+    assert bench.main(["--smoke", "--shape", "smoke B", "--impl", "slmbook,slmbook-fused", "--steps", "2",
+                       "--warmup", "1", "--out", str(stem)]) == 0
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert [(r["shape"], r["impl"]) for r in saved["rows"]] == [("smoke B", "slmbook"), ("smoke B", "slmbook-fused")]
+    assert all(r["tokens_per_s"] > 0 for r in saved["rows"])
+    table = stem.with_suffix(".md").read_text()
+    assert "--shape 'smoke B'" in table and "| smoke B |" in table and "smoke A" not in table
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--shape", "smoke C"])
+    assert "--shape: 'smoke C' is unknown" in capsys.readouterr().err
