@@ -56,8 +56,9 @@ if triton is not None:
         """One program per row: an online logsumexp over the row, then g written in a second pass.
 
         The second pass walks the row backwards, so it starts with the blocks the first pass read
-        last; with the cache hints (keep the first reads, drop the second reads and the writes)
-        much of the second read comes from the L2 cache rather than from memory.
+        last, and the cache hints keep the first reads and drop the second reads and the writes:
+        both give the L2 cache a chance to serve part of the second read (on an H100, 8,192 x 50,304
+        bf16 logits took 871 us walking forwards without hints at 16 warps, 804 us like this at 8).
         """
         row = tl.program_id(0).to(tl.int64)
         logits_row = logits_ptr + row * row_stride
