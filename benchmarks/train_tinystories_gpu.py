@@ -1,7 +1,7 @@
 """Chapter 14's quality run: our Qwen trained on deduplicated TinyStories on one GPU, in minutes.
 
     python benchmarks/prepare_tinystories.py            # once: .data/tinystories/{train,validation}.bin
-    python benchmarks/train_tinystories_gpu.py          # one GPU, about 7 minutes on an H100
+    python benchmarks/train_tinystories_gpu.py          # one GPU, about 6 minutes on an H100
     python benchmarks/train_tinystories_gpu.py --smoke  # CPU, tiny model, under a minute: does it run?
 
 What limits the loss? The same number of optimizer steps (the same compute per model) is spent on
@@ -160,17 +160,17 @@ def main(argv=None) -> int:
         checkpoint.load_weights(trainer.model, out)  # the best checkpoint
         samples = [trainer.sample(24 if args.smoke else 200, seed=i, prompt=prompt)
                    for i, prompt in enumerate(PROMPTS[: 1 if args.smoke else 3])]
-        summary = summarize(trainer, history, wall)
+        run_summary = summarize(trainer, history, wall)
         mfus = sorted(r["mfu"] for r in history.train[1:] if r["mfu"] is not None)
         result = {
             "name": run.name, "data_fraction": run.data_fraction, "model": config.model.to_dict(),
             "parameters": trainer.model.num_parameters(), "train_tokens": train_tokens,
             "steps": steps, "batch_size": config.batch_size, "context": config.context,
-            "tokens_seen": summary["tokens_seen"], "epochs": summary["epochs"],
+            "tokens_seen": run_summary["tokens_seen"], "epochs": run_summary["epochs"],
             "best_val_loss": best["val_loss"], "best_val_bpb": best.get("val_bpb"), "best_step": best["step"],
             "best_epoch": trainer.train_data.epochs(best["step"]),
-            "final_val_loss": summary["val_loss"], "final_train_loss": summary["train_loss"],
-            "tokens_per_s_median": summary["tokens_per_s_median"], "mfu_median": mfus[len(mfus) // 2] if mfus else None,
+            "final_val_loss": run_summary["val_loss"], "final_train_loss": run_summary["train_loss"],
+            "tokens_per_s_median": run_summary["tokens_per_s_median"], "mfu_median": mfus[len(mfus) // 2] if mfus else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else None,
             "wall_s": wall, "checkpoint": str(out), "samples": samples,
             "history": history.to_dict(),

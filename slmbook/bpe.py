@@ -81,13 +81,6 @@ def _special_pattern(special_tokens: Sequence[str]) -> str:
     return "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
 
 
-def _split_special(text: str, special_tokens: Sequence[str]) -> list[str]:
-    """Pieces of text between special tokens (specials themselves dropped): no merge crosses them."""
-    if not special_tokens:
-        return [text]
-    return regex.split(_special_pattern(special_tokens), text)
-
-
 def _new_token_id(vocab: list[bytes], ids_of: dict[bytes, int], new_bytes: bytes) -> int:
     """The id of `new_bytes`: the existing one if another merge already made these bytes (every id
     keeps distinct bytes, as tiktoken requires), else a new id appended to the vocabulary."""
@@ -102,10 +95,12 @@ def _new_token_id(vocab: list[bytes], ids_of: dict[bytes, int], new_bytes: bytes
 def count_pretokens(texts: Iterable[str], pattern: str = GPT2_PATTERN, special_tokens: Sequence[str] = (ENDOFTEXT,), progress: bool = False) -> Counter[bytes]:
     """How often each pre-token (as UTF-8 bytes) occurs; streams over `texts` one at a time."""
     compiled = regex.compile(pattern)
+    # pieces of text between special tokens (the specials dropped): no merge crosses them
+    split = regex.compile(_special_pattern(special_tokens)).split if special_tokens else (lambda text: [text])
     counts: Counter[bytes] = Counter()
     for text in tqdm(texts, desc="pre-tokenizing", disable=not progress, unit=" texts"):
         _check_text(text, "texts item")
-        for part in _split_special(text, special_tokens):
+        for part in split(text):
             counts.update(compiled.findall(part))
     return Counter({word.encode("utf-8"): n for word, n in counts.items()})
 

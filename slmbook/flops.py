@@ -75,13 +75,17 @@ def six_n_approximation(config: QwenConfig) -> int:
     return 3 * (sum(parts.values()) - parts["attention scores"])
 
 
+def _check_peak_flops(peak_flops: float) -> None:
+    if not peak_flops > 0:
+        raise ValueError(f"peak_flops={peak_flops!r}: must be > 0 (FLOP/s, e.g. 989e12 for an H100 SXM in bf16)")
+
+
 def training_seconds(tokens: float, config: QwenConfig, seq_len: int, peak_flops: float, mfu: float = 0.4) -> float:
     """Seconds to train on `tokens` tokens at a given MFU of `peak_flops` (FLOP/s): the inverse of
     `mfu`. 40% is a realistic rate for a well-tuned small model on a GPU."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu!r}: must be in (0, 1]")
-    if not peak_flops > 0:
-        raise ValueError(f"peak_flops={peak_flops!r}: must be > 0 (FLOP/s, e.g. 989e12 for an H100 SXM in bf16)")
+    _check_peak_flops(peak_flops)
     return tokens * training_flops_per_token(config, seq_len) / (mfu * peak_flops)
 
 
@@ -89,6 +93,5 @@ def mfu(tokens_per_second: float, config: QwenConfig, seq_len: int, peak_flops: 
     """Model FLOPs utilisation: the fraction of the device's peak FLOP/s that training used."""
     if not tokens_per_second >= 0:
         raise ValueError(f"tokens_per_second={tokens_per_second!r}: must be >= 0")
-    if not peak_flops > 0:
-        raise ValueError(f"peak_flops={peak_flops!r}: must be > 0 (FLOP/s, e.g. 989e12 for an H100 SXM in bf16)")
+    _check_peak_flops(peak_flops)
     return tokens_per_second * training_flops_per_token(config, seq_len) / peak_flops

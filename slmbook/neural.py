@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from slmbook.config import positive_int
+
 # ----------------------------------------------------------------------------------------------
 # Activations and their derivatives
 # ----------------------------------------------------------------------------------------------
@@ -212,9 +214,8 @@ def init_weight(fan_in: int, fan_out: int, scheme: str = "xavier", std: float | 
     - "pytorch": uniform in +-1/sqrt(fan_in), what `torch.nn.Linear` does by default;
     - "normal": normal with the `std` you give (too small: signals vanish; too large: they explode).
     """
-    for name, value in (("fan_in", fan_in), ("fan_out", fan_out)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}={value!r}: must be a positive integer")
+    positive_int("fan_in", fan_in)
+    positive_int("fan_out", fan_out)
     if scheme not in INITS:
         raise ValueError(f"scheme={scheme!r} is unknown; allowed: {INITS}")
     if (scheme == "normal") != (std is not None):

@@ -217,7 +217,7 @@ def int_range(fmt) -> tuple[int, int]:
 def int_bits(value: int, fmt) -> str:
     """Two's-complement bits of `value` in an integer format ('int8', 'int4', ...)."""
     fmt = int_format(fmt)
-    lo, hi = int_range(fmt)
+    lo, hi = fmt.min, fmt.max
     if not isinstance(value, int) or not lo <= value <= hi:
         raise ValueError(f"value={value!r}: {fmt.name} holds integers {lo}..{hi}")
     return format(value & (2 ** fmt.bits - 1), f"0{fmt.bits}b")

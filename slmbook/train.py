@@ -21,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from slmbook.config import PRESETS as MODEL_PRESETS
 from slmbook.checkpoint import STATE_FILE, run_dir
-from slmbook.config import preset
+from slmbook.config import PRESETS as MODEL_PRESETS, preset
 from slmbook.training import PRECISIONS, PRESETS, TrainConfig, Trainer, process_gpu, training_preset
 
 DATA_DIR = ".data"
@@ -153,8 +152,8 @@ def main(argv=None) -> int:
                 folder = Path(shared[0])
             train, val = data_files(folder)
             out = Path(args.out) if args.out else run_dir(args.config)
-            if args.fresh and rank == 0 and (out / STATE_FILE).is_file():
-                (out / STATE_FILE).unlink()
+            if args.fresh and rank == 0:
+                (out / STATE_FILE).unlink(missing_ok=True)
             if world_size > 1:
                 import torch.distributed as dist
 

@@ -22,6 +22,7 @@ from slmbook.curation import (
     lsh_candidate_probability,
     lsh_candidates,
     near_duplicates,
+    nearest_similarity,
     non_printable_ratio,
     normalize,
     quality_filters,
@@ -185,8 +186,6 @@ def test_bad_arguments_raise():
 
 
 def test_nearest_similarity_equals_the_all_pairs_loop():
-    from slmbook.curation import MinHasher, estimated_jaccard, nearest_similarity, shingles
-
     from slmbook.data import load_stories
 
     stories = load_stories("validation", source="sample", verbose=False)[:70]

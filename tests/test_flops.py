@@ -114,9 +114,7 @@ def test_training_flops_equal_a_direct_count_on_our_qwen_model(attn_impl):
 
 
 def test_training_seconds_is_the_inverse_of_mfu():
-    from slmbook.flops import mfu, training_seconds
-
-    seconds = training_seconds(1e9, BOOK, 512, 989e12, mfu=0.4)
-    assert mfu(1e9 / seconds, BOOK, 512, 989e12) == pytest.approx(0.4)
+    seconds = flops.training_seconds(1e9, BOOK, 512, 989e12, mfu=0.4)
+    assert flops.mfu(1e9 / seconds, BOOK, 512, 989e12) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="mfu=0"):
-        training_seconds(1e9, BOOK, 512, 989e12, mfu=0)
+        flops.training_seconds(1e9, BOOK, 512, 989e12, mfu=0)

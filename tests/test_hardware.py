@@ -87,14 +87,12 @@ def test_roofline():
 
 def test_median_seconds_takes_the_median_of_the_timed_calls(monkeypatch):
     """A fake clock: call k of fn lasts k seconds; 1 warm-up then 5 timed calls -> durations 2..6."""
-    import slmbook.hardware as hw
-
     clock, calls = {"now": 0.0}, []
-    monkeypatch.setattr(hw.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: clock["now"])
 
     def fn():
         calls.append(1)
         clock["now"] += len(calls)
 
-    assert hw.median_seconds(fn, torch.device("cpu"), repeats=5, warmup=1) == 4.0
+    assert hardware.median_seconds(fn, torch.device("cpu"), repeats=5, warmup=1) == 4.0
     assert len(calls) == 6

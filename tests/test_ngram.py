@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from slmbook.data import load_stories
-from slmbook.ngram import NGramModel, sampling_distribution
+from slmbook.ngram import NGramModel, sampling_distribution, story_ngrams, unseen_fraction
 from slmbook.tokenizer import CharTokenizer
 
 
@@ -131,8 +131,6 @@ def test_bad_arguments_raise():
 
 def test_unseen_fraction_by_hand():
     # eot = 0; train "1 2", held out "1 3": padded bigrams (0,1) (1,2) (2,0) vs (0,1) (1,3) (3,0)
-    from slmbook.ngram import story_ngrams, unseen_fraction
-
     assert story_ngrams([[1, 2]], 2, 0) == [(0, 1), (1, 2), (2, 0)]
     assert unseen_fraction([[1, 2]], [[1, 3]], 2, 0) == pytest.approx(2 / 3)
     assert unseen_fraction([[1, 2]], [[1, 3]], 1, 0) == pytest.approx(1 / 3)  # only the token 3 is new
