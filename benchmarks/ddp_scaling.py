@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     config, steps = ("tiny", 8) if args.smoke else (args.config, args.steps)
     common = ["--config", config, "--steps", str(steps), "--device", device, "--fresh"]
     if args.smoke:
-        common += ["--batch-size", "4", "--eval-interval", "4", "--eval-batches", "2", "--no-compile"]
+        common += ["--batch-size", "4", "--warmup-steps", "2", "--eval-interval", "4", "--eval-batches", "2", "--no-compile"]
     elif args.batch_size:
         common += ["--batch-size", str(args.batch_size)]
     env = dict(os.environ, **SAFE_ENV, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

@@ -8,6 +8,7 @@ here, before any tensor is made, with an error that names the field, the value a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -16,6 +17,8 @@ ROUTER_SCORES = ("softmax", "sigmoid")
 
 def refuse_unknown_fields(cls, names) -> None:
     """A ValueError if `names` holds a field the dataclass `cls` does not have (a typo in a config)."""
+    if not isinstance(names, dict):
+        raise TypeError(f"{names!r}: expected a dict of {cls.__name__} fields (as to_dict() gives)")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(names) - fields)
     if unknown:
@@ -26,6 +29,26 @@ def positive_int(name: str, value) -> int:
     """`value` if it is an int >= 1 (not a bool); otherwise a ValueError naming the parameter."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}={value!r}: must be a positive integer")
+    return value
+
+
+def finite_number(name: str, value, minimum: float = 0.0, strict: bool = False, none_means: str | None = None) -> float:
+    """`value` if it is a real number (not a bool, not a string), finite and >= `minimum` (> with
+    `strict`); otherwise a ValueError naming the parameter. Infinity and NaN are refused because
+    they do not fail loudly: norm_eps=inf makes every logit 0, an infinite loss weight every gradient.
+    `none_means`: where None is also allowed, what it means (said in the message)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (value > minimum if strict else value >= minimum):
+        also = f", or None ({none_means})" if none_means else ""
+        raise ValueError(f"{name}={value!r}: must be a finite number {'>' if strict else '>='} {minimum:g}{also}")
+    return value
+
+
+def boolean(name: str, value) -> bool:
+    """`value` if it is True or False. A switch given as 'no' or 0 would be read by truth value
+    ('no' is true), so anything else is refused, naming the parameter."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: must be True or False")
     return value
 
 
@@ -79,11 +102,11 @@ class QwenConfig:
                 f"n_kv_heads must divide n_heads (allowed: "
                 f"{[k for k in range(1, self.n_heads + 1) if self.n_heads % k == 0]})"
             )
-        if not self.rope_theta > 0:
-            raise ValueError(f"QwenConfig.rope_theta={self.rope_theta!r}: must be > 0")
-        if not self.norm_eps > 0:
-            raise ValueError(f"QwenConfig.norm_eps={self.norm_eps!r}: must be > 0")
-        if self.dtype not in DTYPES:
+        for name in ("rope_theta", "norm_eps"):
+            finite_number(f"QwenConfig.{name}", getattr(self, name), strict=True)
+        for name in ("tie_embeddings", "qk_norm"):
+            boolean(f"QwenConfig.{name}", getattr(self, name))
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise ValueError(f"QwenConfig.dtype={self.dtype!r}: unknown dtype, allowed: {DTYPES}")
         self._check_moe()
 
@@ -102,18 +125,13 @@ class QwenConfig:
         if not self.n_experts and (self.n_shared_experts or self.moe_hidden_dim is not None):
             raise ValueError(f"QwenConfig.n_shared_experts={self.n_shared_experts}, moe_hidden_dim="
                              f"{self.moe_hidden_dim!r} only apply to a mixture of experts: set n_experts > 0")
-        if self.router_score not in ROUTER_SCORES:
+        if not isinstance(self.router_score, str) or self.router_score not in ROUTER_SCORES:
             raise ValueError(f"QwenConfig.router_score={self.router_score!r}: allowed {ROUTER_SCORES}")
-        if not isinstance(self.router_normalize, bool):
-            raise ValueError(f"QwenConfig.router_normalize={self.router_normalize!r}: must be True or False")
-        if self.capacity_factor is not None and (isinstance(self.capacity_factor, bool)
-                                                 or not isinstance(self.capacity_factor, (int, float))
-                                                 or not self.capacity_factor > 0):
-            raise ValueError(f"QwenConfig.capacity_factor={self.capacity_factor!r}: must be a number > 0 or None")
+        boolean("QwenConfig.router_normalize", self.router_normalize)
+        if self.capacity_factor is not None:
+            finite_number("QwenConfig.capacity_factor", self.capacity_factor, strict=True, none_means="no capacity limit")
         for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_bias_update_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"QwenConfig.{name}={value!r}: must be a number >= 0")
+            finite_number(f"QwenConfig.{name}", getattr(self, name))
 
     @property
     def is_moe(self) -> bool:
@@ -142,6 +160,7 @@ class QwenConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "QwenConfig":
+        """The config saved by `to_dict` (every value is checked as on creation)."""
         refuse_unknown_fields(cls, values)
         return cls(**values)
 
@@ -176,7 +195,14 @@ QWEN3_0_6B = QwenConfig(
     dtype="bfloat16",
 )
 
-PRESETS = {"tiny": TINY, "book": BOOK, "qwen3-0.6b": QWEN3_0_6B}
+# The reader's models, on the book's own TinyStories tokenizer (4,096 ids, slmbook/tinystories_tokenizer.py):
+# READER trains on 2 CPU cores in the quick-mode minute; READER_GPU is the pretrained model that ships
+# with the package, trained on one GPU (benchmarks/train_reader_model.py), under 10 MB in bfloat16.
+READER = QwenConfig(vocab_size=4096, context_length=256, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=384)
+READER_GPU = QwenConfig(vocab_size=4096, context_length=512, dim=256, n_layers=5, n_heads=4, n_kv_heads=2,
+                        hidden_dim=704)
+
+PRESETS = {"tiny": TINY, "book": BOOK, "qwen3-0.6b": QWEN3_0_6B, "reader": READER, "reader-gpu": READER_GPU}
 
 
 def preset(name: str) -> QwenConfig:

@@ -92,8 +92,10 @@ def write_token_file(stories: Iterable[str], encoding, path: str | Path, chunk_s
                 ids.extend(story_ids)
                 ids.append(encoding.eot_token)
             array = np.asarray(ids, dtype=np.int64)
-            if array.size and (array.max() >= np.iinfo(dtype).max + 1 or array.min() < 0):
-                raise ValueError(f"token id {array.max()} does not fit in {dtype}")
+            if array.size and (array.max() >= encoding.n_vocab or array.min() < 0):
+                bad = array[(array < 0) | (array >= encoding.n_vocab)][0]
+                raise ValueError(f"{path}: encoding={encoding!r} produced token id {bad}, outside its own vocabulary "
+                                 f"0..{encoding.n_vocab - 1} (n_vocab={encoding.n_vocab})")
             array.astype(dtype).tofile(f)
             n_tokens += array.size
             n_stories += len(chunk)
@@ -106,17 +108,81 @@ def write_token_file(stories: Iterable[str], encoding, path: str | Path, chunk_s
     return info
 
 
-def read_token_file(path: str | Path) -> tuple[np.memmap, TokenFileInfo]:
-    """The token ids of a file written by `write_token_file`, memory-mapped (read-only), and its info."""
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
+def read_token_info(path: str | Path) -> TokenFileInfo:
+    """The JSON sidecar of token file `path`, every field checked; errors name the sidecar."""
+    sidecar = Path(path).with_suffix(".json")
+    try:
+        values = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{sidecar}: not a JSON sidecar of a token file ({error}); write_token_file "
+                         "writes it next to the .bin") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{sidecar}: holds a JSON {type(values).__name__}, expected an object with the fields "
+                         f"{list(TokenFileInfo.__dataclass_fields__)}")
+    fields = list(TokenFileInfo.__dataclass_fields__)
+    missing, unknown = [f for f in fields if f not in values], sorted(set(values) - set(fields))
+    if missing or unknown:
+        raise ValueError(f"{sidecar}: missing fields {missing}, unknown fields {unknown}; a token-file sidecar "
+                         f"has exactly {fields}")
+    for name in ("n_tokens", "n_stories", "n_bytes", "eot_token", "n_vocab"):
+        value = values[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "n_vocab" else 0):
+            raise ValueError(f"{sidecar}: {name}={value!r} must be an integer >= {1 if name == 'n_vocab' else 0}")
+    for name in ("path", "encoding", "dtype"):
+        if not isinstance(values[name], str):
+            raise ValueError(f"{sidecar}: {name}={values[name]!r} must be a string")
+    if values["dtype"] not in TOKEN_DTYPES:
+        raise ValueError(f"{sidecar}: dtype={values['dtype']!r} is not a token dtype; allowed {TOKEN_DTYPES}")
+    if values["n_vocab"] > np.iinfo(values["dtype"]).max + 1:
+        raise ValueError(f"{sidecar}: n_vocab={values['n_vocab']} ids do not fit in dtype={values['dtype']!r}")
+    if values["eot_token"] >= values["n_vocab"]:
+        raise ValueError(f"{sidecar}: eot_token={values['eot_token']} is not below n_vocab={values['n_vocab']}")
+    return TokenFileInfo(**values)
+
+
+def read_token_file(path: str | Path, check_ids: bool = True) -> tuple[np.memmap, TokenFileInfo]:
+    """The token ids of a file written by `write_token_file`, memory-mapped (read-only), and its info.
+
+    The file must agree with its sidecar (size, dtype, count), and with `check_ids` every id is
+    checked to be below the sidecar's n_vocab: one vectorised pass over the map, far cheaper than a
+    training step per token, so a corrupt or foreign file fails here, naming the file, instead of an
+    IndexError in the middle of training. Every error names the file.
+    """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path={path!r}: expected a str or pathlib.Path of a token file (.bin)")
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not path.is_file() or not sidecar.is_file():
         raise FileNotFoundError(f"path={str(path)!r}: expected a token file and its {sidecar.name} (write_token_file makes both)")
-    info = TokenFileInfo(**json.loads(sidecar.read_text(encoding="utf-8")))
-    tokens = np.memmap(path, dtype=np.dtype(info.dtype), mode="r")
-    if tokens.size != info.n_tokens:
-        raise ValueError(f"{path}: holds {tokens.size} tokens but {sidecar.name} says {info.n_tokens}")
+    info = read_token_info(path)
+    dtype = np.dtype(info.dtype)
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise ValueError(f"{path}: {size} bytes is not a whole number of {info.dtype} tokens ({dtype.itemsize} bytes "
+                         f"each): the file is truncated or not a token file")
+    if size // dtype.itemsize != info.n_tokens:
+        raise ValueError(f"{path}: holds {size // dtype.itemsize} tokens but {sidecar.name} says {info.n_tokens}")
+    if size == 0:  # np.memmap cannot map an empty file; a corpus with no stories is one
+        return np.zeros(0, dtype=dtype), info
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    if check_ids:
+        scan_token_ids(tokens, info.n_vocab, path)
     return tokens, info
+
+
+def scan_token_ids(tokens: np.ndarray, n_vocab: int, path: str | Path, chunk: int = 1 << 26) -> None:
+    """A ValueError naming `path` and the first id >= n_vocab. A max over chunks of the map: the
+    file is read once, and no copy of it is held."""
+    for start in range(0, len(tokens), chunk):
+        part = tokens[start:start + chunk]
+        if part.max() >= n_vocab:
+            first = start + int(np.argmax(part >= n_vocab))
+            raise ValueError(f"{path}: token id {int(tokens[first])} at position {first} is not below the sidecar's "
+                             f"n_vocab={n_vocab} (allowed ids 0..{n_vocab - 1}): the file is corrupt or was written "
+                             "with another tokenizer")
 
 
 # --- splitting and preparing a corpus -----------------------------------------------------------
@@ -146,7 +212,10 @@ def iter_stories(sources: Iterable[str | Path]) -> Iterator[str]:
         raise TypeError("sources must be an iterable of stories (str) and/or story files (pathlib.Path)")
     for source in sources:
         if isinstance(source, Path):
-            yield from iter_story_files([source])
+            try:
+                yield from iter_story_files([source])
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{source}: not a UTF-8 text file of stories ({error})") from error
         elif isinstance(source, str):
             yield source
         else:
@@ -257,18 +326,26 @@ class TokenBatches:
             positive_int(name, value)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank!r}: must be an integer in 0..world_size-1 = 0..{world_size - 1}")
-        if not isinstance(seed, int) or seed < 0:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed={seed!r}: must be a non-negative integer")
+        for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r}: must be True or False")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device={device!r} is not a torch device name ({error})") from None
         self.tokens, self.info = read_token_file(path)
         self.batch_size, self.context_length = batch_size, context_length
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.drop_last = drop_last
         self.device = torch.device(device)
-        n_windows = (len(self.tokens) - 1) // context_length
+        n_windows = max(0, len(self.tokens) - 1) // context_length
         per_rank = n_windows // world_size
         if per_rank == 0:
-            raise ValueError(f"{path}: {len(self.tokens)} tokens make {n_windows} windows of {context_length + 1} tokens, "
-                             f"fewer than world_size={world_size}; use more data or a shorter context_length")
+            raise ValueError(f"{path}: {len(self.tokens)} tokens make {n_windows} windows of context_length + 1 = "
+                             f"{context_length + 1} tokens, fewer than world_size={world_size} (at least one window per "
+                             "process is needed); use more data or a shorter context_length")
         self.windows = np.arange(rank * per_rank, (rank + 1) * per_rank, dtype=np.int64)  # window indices of this rank
         self.epoch = 0
 

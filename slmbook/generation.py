@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import contextlib
 
+import math
+
+import numpy as np
 import torch
 
 from slmbook.kv_cache import KVCache
+from slmbook.qwen import check_token_ids
 
 CACHE_KINDS = ("preallocated", "growing", "static")
 
@@ -33,8 +37,9 @@ CACHE_KINDS = ("preallocated", "growing", "static")
 def check_sampling(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                    vocab_size: int | None = None) -> None:
     """Refuse sampling settings that mean nothing, naming the parameter and what is allowed."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature={temperature!r}: must be a number >= 0 (0 means greedy)")
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature)
+            or not temperature >= 0):
+        raise ValueError(f"temperature={temperature!r}: must be a finite number >= 0 (0 means greedy)")
     if top_k is not None:
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k={top_k!r}: must be None or an integer >= 1")
@@ -78,17 +83,45 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _as_batch(input_ids) -> tuple[torch.Tensor, bool]:
+def _is_int(value) -> bool:
+    """An integer that is not a bool (True would silently be token 1), NumPy's integers included."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _from_list(input_ids, vocab_size: int) -> torch.Tensor:
+    """A prompt given as a list (or a list of rows) of ints. Each entry is checked first: building the
+    tensor directly would truncate 1.7 to token 1 and read True as token 1."""
+    rows = input_ids if input_ids and all(isinstance(r, (list, tuple)) for r in input_ids) else [input_ids]
+    for r, row in enumerate(rows):
+        for i, value in enumerate(row):
+            where = f"[{r}][{i}]" if rows is input_ids else f"[{i}]"
+            if not _is_int(value):
+                raise TypeError(f"input_ids{where}={value!r} is a {type(value).__name__}: token ids must be integers")
+            if not 0 <= value < vocab_size:
+                raise ValueError(f"input_ids{where}={value} is not a token id: allowed 0 <= id < vocab_size={vocab_size}")
+    if len({len(row) for row in rows}) > 1:
+        raise ValueError(f"input_ids rows have different lengths {[len(row) for row in rows]}: a batch needs "
+                         "prompts of equal length")
+    return torch.tensor(input_ids, dtype=torch.long)
+
+
+def _as_batch(input_ids, vocab_size: int) -> tuple[torch.Tensor, bool]:
+    """(batch, tokens) int64 ids and whether the prompt was a single row; every id is checked to be
+    in [0, vocab_size)."""
     if isinstance(input_ids, (list, tuple)):
-        input_ids = torch.tensor(input_ids, dtype=torch.long)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+        input_ids = _from_list(input_ids, vocab_size)
+    elif isinstance(input_ids, np.ndarray):  # e.g. a slice of a token file (uint16)
+        input_ids = torch.from_numpy(input_ids.astype(np.int64) if input_ids.dtype.kind in "iu" else input_ids)
+    if (not isinstance(input_ids, torch.Tensor) or input_ids.dtype == torch.bool
+            or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex):
         raise TypeError(f"input_ids must be a list of ints or an integer tensor; got {type(input_ids).__name__}"
                         f" {getattr(input_ids, 'dtype', '')}")
-    if input_ids.ndim == 1:
-        return input_ids[None, :].long(), True
-    if input_ids.ndim != 2:
+    if input_ids.ndim not in (1, 2):
         raise ValueError(f"input_ids must have shape (tokens,) or (batch, tokens); got {tuple(input_ids.shape)}")
-    return input_ids.long(), False
+    single = input_ids.ndim == 1
+    input_ids = input_ids.long()
+    check_token_ids("input_ids", input_ids, vocab_size)
+    return (input_ids[None, :] if single else input_ids), single
 
 
 @torch.no_grad()
@@ -103,16 +136,19 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
     CUDA graph); `use_cache=False` recomputes everything.
     """
     config = model.config
-    ids, single = _as_batch(input_ids)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+    ids, single = _as_batch(input_ids, config.vocab_size)
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
     check_sampling(temperature, top_k, top_p, config.vocab_size)
-    if cache not in CACHE_KINDS:
+    if not isinstance(cache, str) or cache not in CACHE_KINDS:
         raise ValueError(f"cache={cache!r}: allowed {CACHE_KINDS}")
-    if stop_token is not None and not (isinstance(stop_token, int) and 0 <= stop_token < config.vocab_size):
+    if stop_token is not None and not (_is_int(stop_token) and 0 <= stop_token < config.vocab_size):
         raise ValueError(f"stop_token={stop_token!r}: must be None or a token id in [0, {config.vocab_size})")
-    if seed is not None and not isinstance(seed, int):
-        raise ValueError(f"seed={seed!r}: must be None or an integer")
+    if seed is not None and not (_is_int(seed) and seed >= 0):
+        raise ValueError(f"seed={seed!r}: must be None or an integer >= 0")
+    if not isinstance(use_cache, bool):
+        raise ValueError(f"use_cache={use_cache!r}: must be True or False")
+    max_new_tokens, stop_token = int(max_new_tokens), None if stop_token is None else int(stop_token)
     prompt_len = ids.shape[1]
     if prompt_len == 0:
         raise ValueError("input_ids is empty: generation needs at least one prompt token")

@@ -47,14 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmbook.config import ROUTER_SCORES, QwenConfig, positive_int
+from slmbook.config import ROUTER_SCORES, QwenConfig, boolean, finite_number, positive_int
 from slmbook.feedforward import SwiGLU
 
 
 def _non_negative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name}={value!r}: must be a number >= 0")
-    return float(value)
+    """A loss weight or step size: finite and >= 0 (an infinite one makes every gradient infinite)."""
+    return float(finite_number(name, value))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,10 +118,10 @@ class TopKRouter(nn.Linear):
         positive_int("top_k", top_k)
         if top_k > n_experts:
             raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}: allowed 1..{n_experts}")
-        if score not in ROUTER_SCORES:
+        if not isinstance(score, str) or score not in ROUTER_SCORES:
             raise ValueError(f"score={score!r}: allowed {ROUTER_SCORES}")
         super().__init__(dim, n_experts, bias=False, dtype=dtype)
-        self.n_experts, self.top_k, self.score, self.normalize = n_experts, top_k, score, bool(normalize)
+        self.n_experts, self.top_k, self.score, self.normalize = n_experts, top_k, score, boolean("normalize", normalize)
         self.bias_update_rate = _non_negative("bias_update_rate", bias_update_rate)
         if self.bias_update_rate > 0:
             self.e_score_correction_bias = nn.Parameter(torch.zeros(n_experts), requires_grad=False)
@@ -233,9 +232,8 @@ class MoEFeedForward(nn.Module):
         positive_int("hidden_dim", hidden_dim)
         if not isinstance(n_shared_experts, int) or isinstance(n_shared_experts, bool) or n_shared_experts < 0:
             raise ValueError(f"n_shared_experts={n_shared_experts!r}: must be an integer >= 0")
-        if capacity_factor is not None and (isinstance(capacity_factor, bool) or
-                                            not isinstance(capacity_factor, (int, float)) or not capacity_factor > 0):
-            raise ValueError(f"capacity_factor={capacity_factor!r}: must be a number > 0 or None")
+        if capacity_factor is not None:
+            finite_number("capacity_factor", capacity_factor, strict=True, none_means="no capacity limit")
         self.gate = TopKRouter(dim, n_experts, top_k, score, normalize, bias_update_rate, dtype=dtype)
         self.experts = nn.ModuleList(SwiGLU(dim, hidden_dim, dtype=dtype) for _ in range(n_experts))
         self.shared_experts = SwiGLU(dim, n_shared_experts * hidden_dim, dtype=dtype) if n_shared_experts else None
@@ -467,18 +465,22 @@ def split_hf_moe_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torc
 
 def config_from_hf_moe(hf_config, dtype=None, context_length: int | None = None) -> QwenConfig:
     """A QwenConfig from a transformers Qwen3MoeConfig (every layer sparse)."""
-    from slmbook.qwen import config_from_hf
+    from slmbook.qwen import config_from_hf, hf_config_dict, require_hf_keys
 
-    c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+    c = hf_config_dict(hf_config)
     if c.get("model_type") != "qwen3_moe":
         raise ValueError(f"model_type={c.get('model_type')!r}: expected 'qwen3_moe'")
+    require_hf_keys(c, ["num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob"], "a Qwen3-MoE model")
+    if c.get("num_experts") is None and c.get("num_local_experts") is None:
+        raise ValueError(f"hf_config is missing 'num_experts' (or 'num_local_experts'), needed to build a Qwen3-MoE "
+                         f"model; it has {sorted(c)}")
     if c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1:
         raise ValueError("mlp_only_layers / decoder_sparse_step != 1: our MoE model uses experts in every layer")
     dense = config_from_hf({**c, "model_type": "qwen3"}, dtype=dtype, context_length=context_length)
-    n_experts = c["num_experts"] if "num_experts" in c else c["num_local_experts"]  # config.json vs to_dict()
+    n_experts = c["num_experts"] if c.get("num_experts") is not None else c["num_local_experts"]  # json vs to_dict()
     return dense.replace(n_experts=n_experts, n_experts_per_token=c["num_experts_per_tok"],
-                         moe_hidden_dim=c["moe_intermediate_size"], router_normalize=bool(c["norm_topk_prob"]),
-                         router_aux_loss_coef=float(c.get("router_aux_loss_coef", 0.0)))
+                         moe_hidden_dim=c["moe_intermediate_size"], router_normalize=c["norm_topk_prob"],
+                         router_aux_loss_coef=c.get("router_aux_loss_coef", 0.0))
 
 
 def from_transformers_moe(hf_model, attn_impl: str = "sdpa"):

@@ -13,8 +13,9 @@ function `hf_name` converts; so a real Qwen3 checkpoint (a local folder with con
 *.safetensors) loads with `from_pretrained`, and the tests prove the logits equal to `transformers`'
 to 1e-5 in float32.
 
-Built for training too: the forward pass has no data-dependent Python branches and no `.item()`,
-the RoPE tables are non-persistent buffers sized to the context, attention runs through
+Built for training too: the layers have no data-dependent Python branches and no `.item()` (the one
+read of the device is the entry check of the token ids, left out under torch.compile), the RoPE
+tables are non-persistent buffers sized to the context, attention runs through
 `F.scaled_dot_product_attention(is_causal=True)` unless `attn_impl="manual"`, and
 `model(input_ids, targets)` returns (logits, loss) with the loss from `F.cross_entropy`.
 """
@@ -87,13 +88,43 @@ class TransformerBlock(nn.Module):
         return (x, weights[0]) if return_attention else x
 
 
+def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> None:
+    """A ValueError naming the first entry of `ids` that is not a token id (0 <= id < vocab_size);
+    `ignore_index` (the loss's -100) is allowed too. Costs one min/max (one device sync on a GPU):
+    an id outside the table would otherwise surface as an IndexError from inside torch, or on a GPU as
+    a device-side assert that poisons the whole process."""
+    if ids.numel() == 0 or ids.device.type == "meta":
+        return
+    valid = ids if ignore_index is None else ids.masked_fill(ids == ignore_index, 0)
+    low, high = torch.stack(torch.aminmax(valid)).tolist()
+    if low >= 0 and high < vocab_size:
+        return
+    bad = (valid < 0) | (valid >= vocab_size)
+    position = tuple(bad.nonzero()[0].tolist())
+    also = f" or {ignore_index} (ignored)" if ignore_index is not None else ""
+    raise ValueError(f"{name}[{', '.join(map(str, position))}]={ids[position].item()} is not a token id: allowed "
+                     f"0 <= id < vocab_size={vocab_size}{also} ({int(bad.sum())} of {ids.numel()} entries are outside)")
+
+
+def _tracing(ids: torch.Tensor) -> bool:
+    """True while torch.compile traces the model or a CUDA graph records it: no values can be read then."""
+    return torch.compiler.is_compiling() or (ids.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 class QwenModel(nn.Module):
     """A Qwen3-style causal language model of shape `config` (see slmbook/config.py).
 
     `model(input_ids)` -> logits (B, T, vocab); `model(input_ids, targets)` -> (logits, loss).
     `return_attention=True` appends the per-layer attention weights, each (B, n_heads, T, T_keys),
     computed on the manual path. `attn_impl` ("sdpa" or "manual") can be set on a built model.
+
+    `forward` is the entry point, so it checks that every id is in [0, vocab_size) (and every target, or
+    -100), skipped while torch.compile traces it. The check reads one min/max, which on a GPU waits for
+    the device; a loop whose ids were already checked (the Trainer's token files are scanned when they
+    are opened) sets `check_ids = False` to keep its steps free of that wait.
     """
+
+    check_ids: bool = True
 
     def __init__(self, config: QwenConfig, attn_impl: str = "sdpa", norm_position: str = "pre",
                  residual: bool = True):
@@ -178,7 +209,7 @@ class QwenModel(nn.Module):
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (
                 torch.int64, torch.int32):
             raise ValueError(
-                f"input_ids must be an integer tensor of shape (batch, tokens); got "
+                f"input_ids must be an integer tensor (torch.int64 or torch.int32) of shape (batch, tokens); got "
                 f"{type(input_ids).__name__} {getattr(input_ids, 'dtype', '')} {tuple(getattr(input_ids, 'shape', ()))}"
             )
         start = 0 if kv_cache is None else kv_cache.length
@@ -208,18 +239,39 @@ class QwenModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
                 return_attention: bool = False):
+        if targets is not None:
+            if not isinstance(targets, torch.Tensor) or targets.dtype != torch.int64:
+                raise ValueError(f"targets must be a torch.int64 tensor of token ids (or -100 to ignore); got "
+                                 f"{type(targets).__name__} {getattr(targets, 'dtype', '')}")
+            if targets.shape != getattr(input_ids, "shape", None):
+                raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape "
+                                 f"{tuple(getattr(input_ids, 'shape', ()))}")
+        if self.check_ids and isinstance(input_ids, torch.Tensor) and not _tracing(input_ids):
+            self._check_ids(input_ids, targets)
         hidden = self.forward_hidden(input_ids, kv_cache, return_attention)
         hidden, attentions = hidden if return_attention else (hidden, None)
         logits = self.lm_head(hidden)
         out = (logits,)
         if targets is not None:
-            if targets.shape != input_ids.shape:
-                raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {tuple(input_ids.shape)}")
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
             out = (logits, loss)
         if return_attention:
             out = (*out, attentions)
         return out[0] if len(out) == 1 else out
+
+    def _check_ids(self, input_ids: torch.Tensor, targets: torch.Tensor | None) -> None:
+        """Both range checks of `forward` with a single read of the device (min and max of each)."""
+        if input_ids.dtype not in (torch.int64, torch.int32) or input_ids.numel() == 0 or input_ids.device.type == "meta":
+            return  # forward_hidden refuses the wrong dtype; nothing to read in an empty or meta tensor
+        vocab = self.config.vocab_size
+        if targets is None:
+            return check_token_ids("input_ids", input_ids, vocab)
+        ignored = targets.masked_fill(targets == -100, 0)
+        bounds = torch.stack([v.long() for v in (*torch.aminmax(input_ids), *torch.aminmax(ignored))]).tolist()
+        if bounds[0] < 0 or bounds[1] >= vocab:
+            check_token_ids("input_ids", input_ids, vocab)
+        if bounds[2] < 0 or bounds[3] >= vocab:
+            check_token_ids("targets", targets, vocab, ignore_index=-100)
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
@@ -279,15 +331,34 @@ def load_hf_state_dict(model: QwenModel, hf_state: dict[str, torch.Tensor]) -> Q
     return model
 
 
+def hf_config_dict(hf_config) -> dict:
+    """The fields of a transformers config object, or the dict of a config.json as it is."""
+    if isinstance(hf_config, dict):
+        return hf_config
+    if not callable(getattr(hf_config, "to_dict", None)):
+        raise TypeError(f"hf_config={type(hf_config).__name__}: expected a transformers config or the dict of "
+                        "its config.json")
+    return hf_config.to_dict()
+
+
+def require_hf_keys(c: dict, keys, what: str) -> None:
+    """A ValueError naming every key of `keys` that the transformers config `c` lacks (or sets to null)."""
+    missing = [k for k in keys if c.get(k) is None]
+    if missing:
+        raise ValueError(f"hf_config is missing {missing}, needed to build {what}; it has {sorted(c)}")
+
+
 def config_from_hf(hf_config, dtype=None, context_length: int | None = None) -> QwenConfig:
     """A QwenConfig from a transformers Qwen3 config (a Qwen3Config or the dict of config.json).
 
     Refuses what our model does not implement (other activations, attention biases, sliding
     windows, RoPE scaling) instead of loading a model that would silently differ.
     """
-    c = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+    c = hf_config_dict(hf_config)
     if c.get("model_type", "qwen3") != "qwen3":
         raise ValueError(f"model_type={c.get('model_type')!r}: only 'qwen3' checkpoints are supported")
+    require_hf_keys(c, ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                        "rms_norm_eps"] + ([] if context_length else ["max_position_embeddings"]), "a Qwen3 model")
     if c.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act={c['hidden_act']!r}: our SwiGLU uses 'silu'")
     if c.get("attention_bias", False):
@@ -310,9 +381,9 @@ def config_from_hf(hf_config, dtype=None, context_length: int | None = None) -> 
         n_kv_heads=c.get("num_key_value_heads") or n_heads,
         head_dim=c.get("head_dim") or c["hidden_size"] // n_heads,
         hidden_dim=c["intermediate_size"],
-        rope_theta=float(theta),
+        rope_theta=float(theta) if isinstance(theta, int) and not isinstance(theta, bool) else theta,
         norm_eps=c["rms_norm_eps"],
-        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        tie_embeddings=c.get("tie_word_embeddings", False),
         qk_norm=True,
         dtype=str(torch_dtype(dtype or c.get("dtype") or c.get("torch_dtype") or "float32")).removeprefix("torch."),
     )
@@ -355,32 +426,20 @@ def build_transformers_model(model_class, hf_config, hf_state: dict[str, torch.T
     return hf_model
 
 
-def from_pretrained(folder: str | Path, dtype=None, context_length: int | None = None,
-                    attn_impl: str = "sdpa", device=None) -> QwenModel:
-    """Load a Qwen3 checkpoint from a local Hugging Face folder (config.json + *.safetensors).
+def from_pretrained(name: str | Path, dtype=None, context_length: int | None = None, attn_impl: str = "sdpa",
+                    device=None, revision: str | None = None, cache_dir=None,
+                    local_files_only: bool = False) -> QwenModel:
+    """Load a Qwen3 checkpoint: a hub repository id ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B-Base") or a
+    local Hugging Face folder (config.json + *.safetensors, sharded or not).
 
-    E.g. after `huggingface-cli download Qwen/Qwen3-0.6B --local-dir qwen3-0.6b`:
-    `model = from_pretrained("qwen3-0.6b", dtype="bfloat16", context_length=4096)`. `context_length`
-    shortens the RoPE tables (Qwen3-0.6B allows 40,960 positions); the weights do not depend on it.
-    The same `load_hf_state_dict` as the equivalence tests does the mapping.
+    `model = from_pretrained("Qwen/Qwen3-0.6B", dtype="bfloat16", context_length=4096)` downloads once
+    into the hub cache; offline it uses the cached copy, or raises slmbook.pretrained.PretrainedNotFound
+    saying how to pass a local folder instead. The weights load in `dtype` (default: the checkpoint's)
+    on `device` without an intermediate copy. `context_length` shortens the RoPE tables (Qwen3-0.6B
+    allows 40,960 positions); the weights do not depend on it. The same `load_hf_state_dict` as the
+    equivalence tests checks the mapping; slmbook/pretrained.py does the rest.
     """
-    from safetensors.torch import load_file
+    from slmbook.pretrained import load_model
 
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"folder={str(folder)!r} has no config.json: expected a Hugging Face model folder")
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"folder={str(folder)!r} has no *.safetensors weight files")
-    hf_config = json.loads(config_path.read_text())
-    from_hf = config_from_hf
-    if hf_config.get("model_type") == "qwen3_moe":  # chapter 13's mixture of experts
-        from slmbook.moe import config_from_hf_moe as from_hf
-    config = from_hf(hf_config, dtype=dtype, context_length=context_length)
-    model = QwenModel(config, attn_impl=attn_impl)
-    state = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    load_hf_state_dict(model, state)
-    return model.to(device) if device is not None else model
+    return load_model(name, dtype=dtype, context_length=context_length, attn_impl=attn_impl, device=device,
+                      revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
