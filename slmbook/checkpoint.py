@@ -10,24 +10,41 @@ A checkpoint is one folder (the book's convention: `runs/<run name>/`, e.g. `run
 So the folder is at once a `transformers` model folder (`Qwen3ForCausalLM.from_pretrained(folder)`)
 and a resumable training state. Why these rules:
 
-- Every file is written atomically: to a temporary file in the same folder, flushed to disk, then
-  renamed over the old one. A rename is all-or-nothing, so a run killed while saving leaves either
-  the old file or the new one, never half of each.
-- `training_state.json` is written last and records the hash of every other file. A folder whose
-  files do not match their record (a save interrupted between two files, a file copied from another
-  run, a truncated download) is refused with an error that says which file and why, instead of
-  resuming from a silent mixture.
+- A checkpoint is replaced as one unit, never file by file: a run killed while saving keeps its
+  previous checkpoint whole. A save first turns everything into bytes (so an `extra` that JSON cannot
+  hold fails before anything on disk changes), writes every file into a fresh hidden sibling folder
+  `.NAME.new-<pid>-<random>` (same parent, so the same file system), flushes files and folder to disk,
+  and only then puts that folder in the place of the old one. That swap is the single commit point.
+  On Linux it is one system call, renameat2(RENAME_EXCHANGE), which exchanges the two names
+  atomically. Elsewhere, or on a file system without it, it is two renames: old -> `.NAME.old-...`,
+  then new -> NAME. Between the two, NAME is briefly missing.
+- A killed save leaves only hidden temporaries, and the next save, load or `find_trained` cleans them
+  up. If NAME is missing (a kill between the two renames), the newest complete, verified temporary
+  becomes NAME again; the rest are deleted. The temporaries of a process that is still running (a
+  save in progress) are left alone.
+- Files in the folder that a checkpoint does not write (a README, a tokenizer) are carried into the
+  new folder as hard links, so replacing a checkpoint never deletes them.
+- `training_state.json` records the hash of every other file. A folder whose files do not match their
+  record (a file copied from another run, a truncated download) is refused with an error that says
+  which file and why, instead of resuming from a silent mixture.
 - The weights go through `slmbook.qwen`'s own name mapping (`to_hf_state_dict`/`load_hf_state_dict`),
   the same one its equivalence tests check against `transformers`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -40,6 +57,17 @@ WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "training_state.json"
 RUNS_DIR = "runs"  # <repository or working directory>/runs/<run name>/
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE)
+# .NAME.new-<pid>-<random>: a checkpoint being written; .NAME.old-<pid>-<random>: one being replaced
+_TEMPORARY = re.compile(r"(new|old)-(\d+)-[a-z0-9_]+")
+# what atomic_write of an older slmbook left in a checkpoint folder when a save was killed
+_OLD_FILE_TEMPORARY = re.compile(r"\.(" + "|".join(re.escape(n) for n in CHECKPOINT_FILES) + r")\..+\.tmp")
+
+# Tests stop a save at a named stage by setting this to a callable(stage) (tests/test_checkpoint_kill.py).
+stage_hook = None
+# Swap with renameat2(RENAME_EXCHANGE) where the system has it; tests turn it off to check the fallback.
+USE_RENAME_EXCHANGE = True
+_BUILDING: set[Path] = set()  # temporaries this process is writing right now (never cleaned up under it)
 
 
 class CheckpointError(ValueError):
@@ -121,9 +149,10 @@ def hf_config_dict(config: QwenConfig, eos_token_id: int | None = None) -> dict:
 def save_checkpoint(folder: str | Path, model: QwenModel, optimizer: torch.optim.Optimizer | None = None,
                     step: int = 0, train_config: dict | None = None, extra: dict | None = None,
                     eos_token_id: int | None = None) -> Path:
-    """Write `model` (and `optimizer`, `step`, configs, `extra`) to `folder`; returns the folder.
+    """Write `model` (and `optimizer`, `step`, configs, `extra`) to `folder` as one unit; returns the folder.
 
     `train_config` and `extra` must be JSON-serialisable (history, tokens seen, tokenizer name...).
+    Until the new checkpoint is complete on disk, `folder` keeps the previous one untouched.
     """
     model = unwrap(model)
     if not isinstance(model, QwenModel):
@@ -132,32 +161,250 @@ def save_checkpoint(folder: str | Path, model: QwenModel, optimizer: torch.optim
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step={step!r}: must be an integer >= 0")
     folder = Path(folder)
+    target = _real_folder(folder)
+    if os.path.lexists(target) and not target.is_dir():
+        raise CheckpointError(f"checkpoint folder={str(folder)!r} is a file, not a folder")
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise CheckpointError(f"checkpoint folder={str(folder)!r} is (or holds) the working directory, and a save "
+                              "replaces the whole folder: save into a sub-folder such as runs/<name>")
+    # 1. everything that can fail before the disk is touched
     weights = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(model).items()}
     if model.config.tie_embeddings:
         weights.pop("lm_head.weight", None)  # the same matrix as the embedding; stored once
-    files = {}
-    atomic_write(folder / WEIGHTS_FILE,
-                 lambda f: f.write(_safetensors_bytes(weights, {"format": "pt", "slmbook": FORMAT})))
-    files[WEIGHTS_FILE] = sha256(folder / WEIGHTS_FILE)
-    if optimizer is not None:
-        atomic_write(folder / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
-        files[OPTIMIZER_FILE] = sha256(folder / OPTIMIZER_FILE)
-    else:
-        (folder / OPTIMIZER_FILE).unlink(missing_ok=True)
+    weights_bytes = memoryview(_safetensors_bytes(weights, {"format": "pt", "slmbook": FORMAT}))
     config_text = json.dumps(hf_config_dict(model.config, eos_token_id), indent=2) + "\n"
-    atomic_write(folder / CONFIG_FILE, lambda f: f.write(config_text.encode()))
-    files[CONFIG_FILE] = sha256(folder / CONFIG_FILE)
     state = {
         "format": FORMAT,
         "step": step,
         "model_config": model.config.to_dict(),
         "train_config": train_config or {},
-        "files": files,
+        "files": {},
         **(extra or {}),
     }
-    text = json.dumps(state, indent=1, default=_json_default) + "\n"
-    atomic_write(folder / STATE_FILE, lambda f: f.write(text.encode()))  # last: it commits the others
+    json.dumps(state, default=_json_default)  # raises on what JSON cannot hold, before any file is written
+    # 2. every file into a fresh hidden sibling folder, flushed to disk
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover(target)
+    _stage("begin")
+    new = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-{os.getpid()}-", dir=target.parent))
+    _BUILDING.add(new)
+    try:
+        _stage("temp")
+        half = len(weights_bytes) // 2
+        files = {WEIGHTS_FILE: _write_new(new / WEIGHTS_FILE,
+                                          lambda f: (f.write(weights_bytes[:half]), f.write(weights_bytes[half:])))}
+        if optimizer is not None:
+            files[OPTIMIZER_FILE] = _write_new(new / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
+        files[CONFIG_FILE] = _write_new(new / CONFIG_FILE, lambda f: f.write(config_text.encode()))
+        state["files"] = files
+        text = json.dumps(state, indent=1, default=_json_default) + "\n"
+        _write_new(new / STATE_FILE, lambda f: f.write(text.encode()))
+        _carry_over(target, new)
+        os.chmod(new, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~_umask())
+        _fsync_folder(new)
+        _stage("written")
+        # 3. the commit point
+        replaced = _swap(new, target)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)  # not committed: the previous checkpoint is still in place
+        raise
+    finally:
+        _BUILDING.discard(new)
+    _stage("swapped")
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)  # if this is killed, recover() finishes it
     return folder
+
+
+def _stage(name: str) -> None:
+    if stage_hook is not None:
+        stage_hook(name)
+
+
+class _HashingFile:
+    """A write-only file object that hashes the bytes on their way to disk (no second read)."""
+
+    def __init__(self, raw, name: str):
+        self.raw, self.name, self.digest, self.started = raw, name, hashlib.sha256(), False
+
+    def write(self, data) -> int:
+        written = self.raw.write(data)
+        self.digest.update(data)
+        if not self.started:
+            self.started = True
+            _stage(f"writing {self.name}")  # part of the file is written, not all of it
+        return written
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _write_new(path: Path, write) -> str:
+    """Create `path` with `write(file_object)`, flushed to disk; returns its SHA-256."""
+    with open(path, "xb") as raw:
+        f = _HashingFile(raw, path.name)
+        write(f)
+        raw.flush()
+        os.fsync(raw.fileno())
+    return f.digest.hexdigest()
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Hard-link (or copy) into `new` whatever `old` holds that a checkpoint does not write."""
+    if not old.is_dir():
+        return
+    for entry in os.scandir(old):
+        if entry.name in CHECKPOINT_FILES or _OLD_FILE_TEMPORARY.fullmatch(entry.name):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), new / entry.name)
+        elif entry.is_dir():
+            shutil.copytree(entry.path, new / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry.path, new / entry.name)
+
+
+def _link_or_copy(source, destination) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, destination)
+
+
+def _swap(new: Path, target: Path) -> Path | None:
+    """Put folder `new` at `target` in one step; returns where the folder it replaced now is (or None)."""
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        _fsync_folder(target.parent)
+        return None
+    if USE_RENAME_EXCHANGE and _rename_exchange(new, target):
+        _fsync_folder(target.parent)
+        return new  # that name now holds the previous checkpoint
+    old = new.with_name(new.name.replace(".new-", ".old-", 1))
+    os.rename(target, old)
+    try:
+        _stage("moved old")
+        os.rename(new, target)
+    except BaseException:
+        if not os.path.lexists(target):
+            os.rename(old, target)
+        raise
+    _fsync_folder(target.parent)
+    return old
+
+
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # from Linux's <fcntl.h> and <linux/fs.h>
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Exchange the names `a` and `b` in one system call (Linux >= 3.15); False where unsupported."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # this kernel or file system cannot do it
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+_RENAMEAT2 = []
+
+
+def _renameat2():
+    if not _RENAMEAT2:
+        function = None
+        if sys.platform.startswith("linux"):
+            try:
+                function = ctypes.CDLL(None, use_errno=True).renameat2
+                function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                function.restype = ctypes.c_int
+            except (OSError, AttributeError):  # a C library older than glibc 2.28
+                function = None
+        _RENAMEAT2.append(function)
+    return _RENAMEAT2[0]
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the names in `folder` durable (not possible on every OS / file system)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _real_folder(folder: str | Path) -> Path:
+    """The folder a path names, symbolic links followed: a linked run folder is replaced where it lives."""
+    return Path(os.path.realpath(folder))
+
+
+def recover(folder: str | Path) -> None:
+    """Clean up after saves of `folder` that were killed: if the folder itself is missing (a kill between
+    the two renames of a swap), the newest complete, verified temporary takes its place; the other
+    temporaries are deleted. Best effort: on a read-only file system nothing changes."""
+    target = _real_folder(folder)
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    prefix = f".{target.name}."
+    leftovers = []  # (new or old, path, whether the process that made it still runs)
+    for name in names:
+        match = _TEMPORARY.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
+        path = target.parent / name
+        if match and path not in _BUILDING:
+            leftovers.append((match[1], path, _running(int(match[2]))))
+    if not os.path.lexists(target):
+        complete, old = [], []
+        for kind, path, running in leftovers:
+            if running is True:  # a save in progress; it will put the folder back itself
+                continue
+            try:
+                _read_state(path)
+                complete.append(((path / STATE_FILE).stat().st_mtime_ns, str(path)))
+            except (CheckpointError, OSError):
+                if kind == "old" and path.is_dir():
+                    old.append((path.stat().st_mtime_ns, str(path)))
+        # nothing verifies: what the swap took away was no checkpoint (an empty folder, say); put it back
+        for _, best in sorted(complete or old)[-1:]:
+            try:
+                os.rename(best, target)
+                _fsync_folder(target.parent)
+            except OSError:  # another process restored it first
+                pass
+    for _, path, running in leftovers:
+        if running is False and os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool | None:
+    """Whether process `pid` still runs (its temporaries may be a save in progress); None: cannot tell
+    (not POSIX), so its temporaries are never deleted, only used to put back a missing folder."""
+    if pid == os.getpid():  # this process's saves in progress are in _BUILDING: the rest are leftovers
+        return False
+    if os.name != "posix":
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _safetensors_bytes(tensors: dict, metadata: dict) -> bytes:
@@ -181,7 +428,13 @@ def _json_default(value):
 
 def read_state(folder: str | Path, verify: bool = True) -> dict:
     """The `training_state.json` of a checkpoint folder, after checking that every file it records
-    is present and unchanged (SHA-256). Raises CheckpointError saying what is wrong."""
+    is present and unchanged (SHA-256). Raises CheckpointError saying what is wrong. Cleans up after
+    a killed save first (`recover`)."""
+    recover(folder)
+    return _read_state(folder, verify)
+
+
+def _read_state(folder: str | Path, verify: bool = True) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder={str(folder)!r} does not exist")
@@ -303,6 +556,7 @@ def find_trained(name: str = "book", root: str | Path | None = None) -> Path | N
     with a warning rather than loaded.
     """
     folder = run_dir(name, root)
+    recover(folder)
     if not (folder / STATE_FILE).is_file():
         return None
     try:
@@ -313,3 +567,30 @@ def find_trained(name: str = "book", root: str | Path | None = None) -> Path | N
         warnings.warn(f"ignoring {folder}: {error}", stacklevel=2)
         return None
     return folder
+
+
+class FolderContents(NamedTuple):
+    """What a would-be checkpoint folder holds (`inspect_folder`)."""
+
+    kind: str  # 'missing', 'file', 'empty', 'checkpoint', 'weights' or 'other'
+    ours: list[str]  # the checkpoint files in it (names a save writes)
+    others: list[str]  # everything else, hidden names left out
+
+
+def inspect_folder(folder: str | Path) -> FolderContents:
+    """Whether a save may write to `folder`, for the checks a run makes before it trains: 'missing' or
+    'empty' (a new run), 'checkpoint' (it holds training_state.json: an slmbook checkpoint), 'weights'
+    (checkpoint files but no training_state.json: a transformers model folder, or a run whose state was
+    lost, which a save would overwrite), 'other' (only files no save writes) or 'file' (not a folder).
+    Finishes a killed save first (`recover`), so a folder a kill took away is seen again."""
+    folder = Path(folder)
+    recover(folder)
+    if not os.path.lexists(folder):
+        return FolderContents("missing", [], [])
+    if not folder.is_dir():
+        return FolderContents("file", [], [])
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    ours = [n for n in names if n in CHECKPOINT_FILES]
+    others = [n for n in names if n not in CHECKPOINT_FILES]
+    kind = ("checkpoint" if STATE_FILE in ours else "weights" if ours else "other" if others else "empty")
+    return FolderContents(kind, ours, others)

@@ -4,7 +4,7 @@
         lr = warm-up then cosine(step)
         for each of grad_accum micro-batches:            # a big batch in small pieces
             with autocast(bf16):  loss = model(x, y)      # mixed precision on a GPU
-            (loss / grad_accum).backward()
+            (loss / grad_accum).backward()                # float16: the loss scaled up first (GradScaler)
         clip the gradient norm; AdamW step; zero the gradients
         every log_interval steps: loss, tokens/s, MFU, gradient norm, update/weight ratio
         every eval_interval steps: held-out loss, perplexity, bits per byte, a sample story
@@ -13,7 +13,11 @@ The switches (`TrainConfig`): bf16 autocast, `torch.compile`, SDPA or manual att
 AdamW kernel, gradient accumulation and clipping, and an output head fused with the loss
 (`loss_chunk`, slmbook/fused_loss.py, which never holds the full tokens x vocabulary logits). None
 of them changes what is computed, only how fast and in how much memory; the plain float32 path on a
-CPU is the reference.
+CPU is the reference. precision="auto" and the fast paths follow `slmbook.env.precision_plan`, what
+the device really does: bf16 autocast where it is native (compute capability 8.0+), fp16 autocast
+with a GradScaler on 7.x GPUs (T4, V100), float32 on the CPU and Apple MPS; torch.compile and the
+Triton loss kernel only where Triton supports the GPU. A switch the plan turns off is named in one
+printed line with the reason.
 
 Speed rules the loop follows (they matter on a GPU, where a step takes milliseconds):
 - no `.item()` or `.cpu()` inside a step: every such call waits for the GPU to finish. Losses are
@@ -49,14 +53,14 @@ import torch
 import torch.nn.functional as F
 
 from slmbook import checkpoint
-from slmbook.config import BOOK, TINY, QwenConfig, refuse_unknown_fields
+from slmbook.config import BOOK, READER, READER_GPU, TINY, QwenConfig, refuse_unknown_fields
+from slmbook.env import PRECISIONS, precision_plan
 from slmbook.flops import training_flops_per_token
 from slmbook.fused_loss import FusedLossModel
 from slmbook.hardware import synchronize
 from slmbook.metrics import bits_per_byte
 from slmbook.qwen import QwenModel
 
-PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # --- configuration ----------------------------------------------------------------------------------
@@ -79,7 +83,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto" = bf16 on a GPU that has it, else fp32
+    precision: str = "auto"  # "bf16" or "fp16" autocast, "fp32", or "auto" = slmbook.env.precision_plan's choice
     compile: bool = False  # torch.compile the model
     compile_mode: str = "default"  # torch.compile's mode: "default", "max-autotune-no-cudagraphs", ...
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (the formula, chapter 8)
@@ -103,6 +107,9 @@ class TrainConfig:
                      "loss_chunk"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("log_interval", self.log_interval, minimum=1)
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} exceeds steps={self.steps}: the learning "
+                             f"rate would never reach its peak lr={self.lr!r}; allowed warmup_steps 0..{self.steps}")
         if self.context > self.model.context_length:
             raise ValueError(f"TrainConfig.context={self.context}: must be <= model.context_length="
                              f"{self.model.context_length}")
@@ -130,6 +137,7 @@ class TrainConfig:
         for name in ("compile", "save_best"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: allowed True or False")
+        _check_device(self.device)
 
     @property
     def tokens_per_step(self) -> int:
@@ -152,6 +160,16 @@ class TrainConfig:
         return cls(**values)
 
 
+def _check_device(device):
+    """A device name ("auto", "cpu", "cuda", "cuda:N", "mps"). Whether it exists is checked when training
+    starts (a config may be written on one machine for another)."""
+    from slmbook.env import DEVICES
+
+    kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+    if kind not in DEVICES or (index and not (kind != "auto" and index.isdigit())) or device.endswith(":"):
+        raise ValueError(f"TrainConfig.device={device!r} is unknown; allowed: {DEVICES} or 'cuda:N'")
+
+
 def _check_int(name, value, minimum):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"TrainConfig.{name}={value!r}: must be an integer >= {minimum}")
@@ -166,7 +184,7 @@ def _check_float(name, value, low=None, high=None, low_open=False, high_open=Fal
     if not ok:
         left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
         span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
-        raise ValueError(f"TrainConfig.{name}={value!r}: must be a number in {span}")
+        raise ValueError(f"TrainConfig.{name}={value!r}: must be a finite number in {span}")
 
 
 # The runs the book names; change anything with .replace().
@@ -182,6 +200,15 @@ PRESETS = {
     "book": TrainConfig(model=BOOK, steps=1000, batch_size=32, context=512, lr=1e-3, warmup_steps=50,
                         compile=True, compile_mode="reduce-overhead", loss_chunk=8192, log_interval=25,
                         eval_interval=50, eval_batches=0, save_best=True, sample_tokens=120),
+    # The reader's models on the book's TinyStories tokenizer (`python -m slmbook.train --config reader`
+    # tokenizes the shipped sample with it). "reader": about a minute on 2 CPU cores, bounded by steps (not
+    # time), evaluated on all 1,000 validation stories. "reader-gpu": the shipped pretrained model, on all
+    # local stories (benchmarks/train_reader_model.py), keeping the checkpoint of the best validation loss.
+    "reader": TrainConfig(model=READER, steps=300, batch_size=16, context=256, lr=3e-3, warmup_steps=30,
+                          log_interval=10, eval_interval=100, eval_batches=0, sample_tokens=60),
+    "reader-gpu": TrainConfig(model=READER_GPU, steps=3000, batch_size=64, context=256, lr=2e-3, warmup_steps=100,
+                              compile=True, compile_mode="reduce-overhead", log_interval=50, eval_interval=100,
+                              eval_batches=0, save_best=True, sample_tokens=120),
 }
 # torch.compile modes that capture CUDA graphs; DDP's gradient all-reduce hooks run between the graphs'
 # pieces, so data-parallel runs use the same kernels without graphs (`compile_mode_for`).
@@ -240,16 +267,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bfloat16 when mixed precision is on, None for plain float32."""
-    if config.precision == "fp32":
-        return None
-    if config.precision == "bf16":
-        from slmbook.env import bf16_supported
-
-        if not bf16_supported(device):
-            raise ValueError(f"precision='bf16' but device={str(device)!r} has no bfloat16; use 'fp32' or 'auto'")
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    """The autocast dtype of `config.precision` on `device` (torch.bfloat16 or torch.float16), None for
+    plain float32: what `slmbook.env.precision_plan` decides from what the device really does."""
+    return precision_plan(device, config.precision).dtype
 
 
 def token_byte_lengths(encoding) -> torch.Tensor:
@@ -387,7 +407,8 @@ class Trainer:
 
     train / val: token files written by `slmbook.dataloader` (`write_token_file`, `prepare_token_files`).
     encoding: the tokenizer (for sample stories and bits per byte); optional.
-    out: checkpoint folder; resume=True continues from the checkpoint there if it exists.
+    out: checkpoint folder; resume=True continues from the checkpoint there if it exists, resume=False
+        replaces it at the first save (files a checkpoint does not write are kept either way).
     peak_flops: the device's peak FLOP/s for MFU; None = the published bf16/tf32 figure of a known GPU.
     model: train this module instead of a fresh QwenModel(config.model): anything that, like QwenModel,
         returns logits from `forward(x)` and (logits, loss) from `forward(x, y)`; e.g. transformers'
@@ -413,11 +434,24 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # float32 products on tensor cores
             torch.backends.cudnn.allow_tf32 = True
-        self.amp_dtype = autocast_dtype(config, self.device)
+        # what this device really does: autocast dtype, GradScaler, and which fast paths are known to work
+        self.plan = precision_plan(self.device, config.precision)
+        self.amp_dtype = self.plan.dtype
+        # float16: the loss is multiplied by a scale before backward, so that small gradients do not
+        # flush to 0, and the step is skipped (and the scale halved) when a gradient overflows
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.plan.grad_scaler else None
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.encoding, self.prompt = encoding, prompt
         self.out = Path(out) if out is not None else None
+        found = checkpoint.inspect_folder(self.out) if self.out is not None else None  # finishes a killed save
+        if found is not None and found.kind == "file":
+            raise ValueError(f"out={str(self.out)!r} is a file: checkpoints need a folder (a new one, or a run's)")
+        if resume and found is not None and found.kind == "weights":
+            raise checkpoint.CheckpointError(
+                f"out={str(self.out)!r} holds {', '.join(found.ours)} but no {checkpoint.STATE_FILE}: there is no "
+                "run to resume, and a save would overwrite them. Use another out folder, or resume=False to "
+                "replace them")
 
         seed_everything(config.seed)  # the same initial weights in every process
         if model is None:
@@ -443,21 +477,25 @@ class Trainer:
         self.history = History()
         self.flops_per_token = training_flops_per_token(config.model, config.context)
         self.peak_flops = peak_flops if peak_flops is not None else default_peak_flops(self.device, self.amp_dtype)
-        if resume and self.out is not None and (self.out / checkpoint.STATE_FILE).is_file():
+        if resume and found is not None and found.kind == "checkpoint":
             self.load(self.out)
 
         self.forward = self.model  # what the step calls: the model, possibly wrapped by DDP and compile
-        if config.loss_chunk:
+        turned_off = [name for name, asked, ok in (("loss_chunk", config.loss_chunk, self.plan.fused_loss),
+                                                   ("compile", config.compile, self.plan.compile)) if asked and not ok]
+        if turned_off and self.is_main:
+            print(f"{' and '.join(f'{n}={getattr(config, n)!r}' for n in turned_off)} not used here: {self.plan.reason}")
+        if config.loss_chunk and self.plan.fused_loss:
             if not hasattr(self.model, "forward_hidden") or not hasattr(self.model, "lm_head"):
                 raise ValueError(f"loss_chunk={config.loss_chunk} needs a model with forward_hidden() and lm_head "
                                  f"(a QwenModel); {type(self.model).__name__} has not: use loss_chunk=0")
-            self.forward = FusedLossModel(self.model, config.loss_chunk)
+            self.forward = FusedLossModel(self.model, config.loss_chunk, kernel="triton" if self.plan.triton else "torch")
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward = DistributedDataParallel(  # wraps the fused-loss module too, if there is one
                 self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if config.compile:
+        if config.compile and self.plan.compile:
             mode = compile_mode_for(config.compile_mode, self.world_size)
             if mode != config.compile_mode and self.is_main:
                 print(f"compile_mode={config.compile_mode!r} captures CUDA graphs, which DDP's gradient "
@@ -489,15 +527,22 @@ class Trainer:
                 with sync:
                     with self.autocast():
                         loss = self.forward(x, y)[1]  # the logits are dropped here, not held through backward
-                    (loss / c.grad_accum).backward()
+                    part = loss / c.grad_accum
+                    (self.scaler.scale(part) if self.scaler is not None else part).backward()
                 loss_sum += loss.detach()
             if c.grad_clip > 0 or measure:
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)  # clip and measure the true gradient, not the scaled one
                 max_norm = c.grad_clip if c.grad_clip > 0 else float("inf")  # inf: measure, do not clip
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
             else:
                 grad_norm = None
             before = [p.detach().clone() for p in self.model.parameters()] if measure else None
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # skipped if a gradient is inf/nan (then the scale halves)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(OOM_ADVICE.format(
@@ -507,6 +552,8 @@ class Trainer:
         result = {"loss": loss_sum / c.grad_accum, "lr": lr, "grad_norm": grad_norm}
         if measure:
             result["update_ratio"] = update_ratio(before, list(self.model.parameters()))
+            if self.scaler is not None:
+                result["grad_scale"] = self.scaler.get_scale()  # a sync, like the gradient norm's
         return result
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -603,6 +650,8 @@ class Trainer:
                     "tokens_seen": self.step * c.tokens_per_step,
                     "epochs": self.train_data.epochs(self.step),
                 }
+                if "grad_scale" in out:  # float16: the loss scale (it halves at each skipped step)
+                    row["grad_scale"] = out["grad_scale"]
                 self.history.train.append(row)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{out['lr']:.1e}")
                 running.zero_()
@@ -647,7 +696,8 @@ class Trainer:
             path = checkpoint.save_checkpoint(
                 folder, self.model, self.optimizer, self.step, self.config.to_dict(),
                 extra={"history": self.history.to_dict(), "world_size": self.world_size,
-                       "tokenizer": getattr(self.encoding, "name", None)},
+                       "tokenizer": getattr(self.encoding, "name", None),
+                       **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})},
                 eos_token_id=eos)
         if self.world_size > 1:
             import torch.distributed as dist
@@ -671,6 +721,8 @@ class Trainer:
                       f"{sorted(RESUMABLE_CHANGES)})")
         checkpoint.load_weights(self.model, folder, state)
         checkpoint.load_optimizer(self.optimizer, folder, state)
+        if self.scaler is not None and "grad_scaler" in state:  # float16: the loss scale and its growth counter
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step = state["step"]
         self.history = History.from_dict(state.get("history", {}))
 
@@ -702,7 +754,7 @@ def default_peak_flops(device: torch.device, amp_dtype) -> float | None:
     peak = known_peak(torch.cuda.get_device_name(device))
     if peak is None:
         return None
-    key = "bf16" if amp_dtype == torch.bfloat16 else "tf32"
+    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "tf32")
     return peak.tflops.get(key, 0) * 1e12 or None
 
 

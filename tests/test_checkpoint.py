@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from slmbook import checkpoint, train as cli
+from slmbook import checkpoint
 from slmbook.checkpoint import CheckpointError, atomic_write, find_trained, load_model, save_checkpoint
 from slmbook.config import QwenConfig
 from slmbook.data import load_stories
@@ -106,38 +107,6 @@ def test_resumed_run_gives_bitwise_the_same_losses_as_an_uninterrupted_one(tmp_p
         assert torch.equal(a, b)
 
 
-KILLED_RUN = """
-import os, sys
-import slmbook.training as training
-save = training.Trainer.save
-def save_then_die(self, folder):
-    save(self, folder)
-    if self.step == 2:
-        os._exit(137)  # killed right after the step-2 checkpoint: no cleanup, no final save
-training.Trainer.save = save_then_die
-from slmbook.train import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_a_killed_cli_run_resumes_to_the_same_losses(tmp_path):
-    data = cli.sample_data(tmp_path / "data")
-    args = ["--config", "tiny", "--steps", "4", "--batch-size", "2", "--context", "16", "--log-interval", "1",
-            "--eval-interval", "4", "--eval-batches", "1", "--sample-tokens", "0", "--checkpoint-interval", "2",
-            "--device", "cpu", "--data", str(data), "--no-progress"]
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *args, "--out", str(tmp_path / "run")],
-                            capture_output=True, text=True, timeout=120)
-    assert killed.returncode == 137, killed.stderr
-    assert json.loads((tmp_path / "run" / "training_state.json").read_text())["step"] == 2
-    assert cli.main([*args, "--out", str(tmp_path / "run")]) == 0  # resumes from step 2
-    assert cli.main([*args, "--out", str(tmp_path / "straight")]) == 0
-    resumed = json.loads((tmp_path / "run" / "training_state.json").read_text())["history"]
-    straight = json.loads((tmp_path / "straight" / "training_state.json").read_text())["history"]
-    assert [r["step"] for r in resumed["train"]] == [1, 2, 3, 4]
-    assert [r["loss"] for r in resumed["train"]] == [r["loss"] for r in straight["train"]]
-    assert resumed["eval"][-1]["val_loss"] == straight["eval"][-1]["val_loss"]
-
-
 def test_optimizer_state_round_trips(tmp_path, data):
     t = Trainer(RUN, *data, out=tmp_path, progress=False)
     t.run(2)
@@ -228,3 +197,139 @@ def test_save_best_keeps_the_checkpoint_of_the_lowest_validation_loss(tmp_path, 
     model = load_model(tmp_path)
     t.model.load_state_dict(model.state_dict())
     assert t.evaluate()["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+
+
+# --- a checkpoint is replaced as one unit ----------------------------------------------------------
+
+
+def folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_save_that_cannot_serialise_extra_fails_before_touching_the_previous_checkpoint(saved):
+    before = folder_bytes(saved)
+    with pytest.raises(TypeError, match="object is not JSON-serialisable"):
+        save_checkpoint(saved, random_model(), step=9, extra={"x": object()})
+    assert folder_bytes(saved) == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]  # no temporary left behind
+    assert checkpoint.read_state(saved)["step"] == 1
+
+
+@pytest.mark.parametrize("stage", ["temp", "writing model.safetensors", "writing optimizer.pt", "written"])
+def test_a_save_failing_half_way_leaves_the_previous_checkpoint_and_no_temporary(saved, stage, monkeypatch):
+    before = folder_bytes(saved)
+
+    def fail(name):
+        if name == stage:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "stage_hook", fail)
+    optimizer = torch.optim.AdamW(random_model().parameters())
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(saved, random_model(seed=3), optimizer, step=9)
+    assert folder_bytes(saved) == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]
+    load_model(saved)
+
+
+def test_a_failure_between_the_two_renames_puts_the_previous_checkpoint_back(saved, monkeypatch):
+    before = folder_bytes(saved)
+    monkeypatch.setattr(checkpoint, "USE_RENAME_EXCHANGE", False)
+    monkeypatch.setattr(checkpoint, "stage_hook", lambda name: name == "moved old" and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        save_checkpoint(saved, random_model(seed=3), step=9)
+    assert folder_bytes(saved) == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_save_replaces_the_folder_and_keeps_files_it_did_not_write(tmp_path, exchange, monkeypatch):
+    monkeypatch.setattr(checkpoint, "USE_RENAME_EXCHANGE", exchange)
+    folder = tmp_path / "run"
+    save_checkpoint(folder, random_model(), torch.optim.AdamW(random_model().parameters()), step=1)
+    (folder / "README.md").write_text("my notes")
+    (folder / "tokenizer").mkdir()
+    (folder / "tokenizer" / "vocab.json").write_text("{}")
+    (folder / ".model.safetensors.abc123.tmp").write_bytes(b"left by an older slmbook's killed save")
+    save_checkpoint(folder, random_model(seed=2), step=2)  # no optimizer this time
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                         "tokenizer", "training_state.json"]
+    assert (folder / "README.md").read_text() == "my notes" and (folder / "tokenizer" / "vocab.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert checkpoint.read_state(folder)["step"] == 2
+    with torch.no_grad():
+        ids = torch.randint(0, 128, (1, 8))
+        assert torch.equal(load_model(folder)(ids), random_model(seed=2).eval()(ids))
+
+
+def test_a_linked_run_folder_is_replaced_where_it_lives(tmp_path):
+    real = tmp_path / "disk" / "run"
+    save_checkpoint(real, random_model(), step=1)
+    (tmp_path / "runs").mkdir()
+    link = tmp_path / "runs" / "run"
+    link.symlink_to(real, target_is_directory=True)
+    save_checkpoint(link, random_model(seed=2), step=2)
+    assert link.is_symlink() and checkpoint.read_state(link)["step"] == 2
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["run"]
+
+
+def test_a_save_refuses_a_file_or_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("not a folder")
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        save_checkpoint(tmp_path / "f", random_model())
+    assert (tmp_path / "f").read_text() == "not a folder"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="working directory"):
+        save_checkpoint(".", random_model())
+
+
+def test_recovery_restores_a_folder_a_kill_took_away_and_spares_a_live_save(tmp_path):
+    runs = tmp_path / "runs"
+    save_checkpoint(runs / "run", random_model(), step=4)
+    save_checkpoint(runs / "other", random_model(), step=5)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has ended
+    (runs / "run").rename(runs / f".run.old-{dead_pid}-abc")  # killed between the two renames
+    (runs / f".run.new-{dead_pid}-xyz").mkdir()  # and a half-written new one
+    live = runs / f".run.new-{os.getppid()}-live"  # a save in progress in a running process
+    live.mkdir()
+    assert find_trained("run", root=runs) == runs / "run"
+    assert checkpoint.read_state(runs / "run")["step"] == 4
+    assert sorted(p.name for p in runs.iterdir()) == [live.name, "other", "run"]
+    assert checkpoint.read_state(runs / "other")["step"] == 5  # another run's folder is not touched
+
+
+def test_inspect_folder_tells_run_folders_from_others(tmp_path, saved):
+    kind = lambda p: checkpoint.inspect_folder(p).kind  # noqa: E731
+    assert kind(tmp_path / "nope") == "missing" and kind(saved) == "checkpoint"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"")
+    assert kind(tmp_path / "empty") == "empty"
+    (tmp_path / "f").write_text("x")
+    assert kind(tmp_path / "f") == "file"
+    (saved / "training_state.json").unlink()
+    (saved / "notes.txt").write_text("x")
+    found = checkpoint.inspect_folder(saved)
+    assert found.kind == "weights" and found.ours == ["config.json", "model.safetensors", "optimizer.pt"]
+    assert found.others == ["notes.txt"]
+    for name in found.ours:
+        (saved / name).unlink()
+    assert kind(saved) == "other"
+
+
+def test_where_liveness_is_unknown_temporaries_are_kept_but_a_missing_folder_comes_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "_running", lambda pid: None)  # as on Windows
+    save_checkpoint(tmp_path / "run", random_model(), step=3)
+    (tmp_path / "run").rename(tmp_path / ".run.new-12345-abc")
+    (tmp_path / ".run.new-12346-def").mkdir()
+    assert checkpoint.read_state(tmp_path / "run")["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.new-12346-def", "run"]
+
+
+def test_a_missing_folder_whose_old_copy_is_no_checkpoint_is_put_back(tmp_path):
+    (tmp_path / ".run.old-999999999-abc").mkdir()  # an empty folder a killed first save was swapping out
+    (tmp_path / ".run.old-999999999-abc" / "notes.txt").write_text("mine")
+    (tmp_path / ".run.new-999999999-abc").mkdir()  # its half-written replacement
+    assert checkpoint.inspect_folder(tmp_path / "run").kind == "other"
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

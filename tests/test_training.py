@@ -264,7 +264,7 @@ def test_out_of_memory_is_re_raised_with_advice(data, monkeypatch):
     ({"steps": -1}, ["steps=-1", ">= 1"]),
     ({"batch_size": 6, "grad_accum": 4}, ["batch_size=6", "grad_accum=4", "[1, 2, 3, 6]"]),
     ({"context": 64}, ["context=64", "context_length=32"]),
-    ({"precision": "fp16"}, ["precision='fp16'", "bf16"]),
+    ({"precision": "fp8"}, ["precision='fp8'", "fp16"]),
     ({"lr": 0.0}, ["lr=0.0"]),
     ({"beta2": 1.0}, ["beta2=1.0"]),
     ({"attn_impl": "flash"}, ["attn_impl='flash'", "sdpa"]),
@@ -306,7 +306,8 @@ def test_cli_reports_bad_arguments_clearly(capsys):
 
 def test_cli_trains_and_writes_a_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["--config", "tiny", "--steps", "2", "--batch-size", "2", "--context", "16", "--eval-batches", "1",
+    code = cli.main(["--config", "tiny", "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--context", "16",
+                     "--eval-batches", "1",
                      "--sample-tokens", "4", "--device", "cpu", "--data", str(cli.sample_data(tmp_path / "data")),
                      "--out", str(out), "--no-progress"])
     assert code == 0
