@@ -1,6 +1,6 @@
 """Chapter 14's quality run: our Qwen trained on deduplicated TinyStories on one GPU, in minutes.
 
-    python benchmarks/prepare_tinystories.py            # once: .data/tinystories/{train,validation}.bin
+    python -m slmbook.prepare --stories-dir FOLDER      # once: <data home>/tinystories/local-gpt2/*.bin
     python benchmarks/train_tinystories_gpu.py          # one GPU, about 6 minutes on an H100
     python benchmarks/train_tinystories_gpu.py --smoke  # CPU, tiny model, under a minute: does it run?
 
@@ -87,7 +87,7 @@ def run_config(run: Run, smoke: bool, device: str, steps: int, eval_interval: in
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny model on the shipped sample, on the CPU, < 1 minute")
-    p.add_argument("--data", default=None, help="folder with train.bin and validation.bin (default .data/tinystories)")
+    p.add_argument("--data", default=None, help="folder with train.bin and validation.bin (default: what python -m slmbook.prepare made)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--epochs", type=float, default=None, help="epochs of the full data per run (default 8; smoke: 8 steps)")
     p.add_argument("--runs", default=None, help="comma-separated subset of the run names")
@@ -115,7 +115,9 @@ def main(argv=None) -> int:
     elif args.smoke:
         folder = sample_data(REPO / ".data" / "sample")
     else:
-        folder = REPO / ".data" / "tinystories"
+        from slmbook.prepare import data_dir, find_prepared
+
+        folder = find_prepared() or data_dir("local")
     try:
         train, val = data_files(folder)
     except ValueError as error:

@@ -409,7 +409,7 @@ class Trainer:
     encoding: the tokenizer (for sample stories and bits per byte); optional.
     out: checkpoint folder; resume=True continues from the checkpoint there if it exists, resume=False
         replaces it at the first save (files a checkpoint does not write are kept either way).
-    peak_flops: the device's peak FLOP/s for MFU; None = the published bf16/tf32 figure of a known GPU.
+    peak_flops: the device's peak FLOP/s for MFU; None = the published bf16/fp16/tf32 figure of a known GPU.
     model: train this module instead of a fresh QwenModel(config.model): anything that, like QwenModel,
         returns logits from `forward(x)` and (logits, loss) from `forward(x, y)`; e.g. transformers'
         Qwen3ForCausalLM in a thin wrapper, which the benchmark races through this same loop.
