@@ -516,6 +516,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
+        # The token files were scanned when opened, so the model's per-call id check (a GPU sync) is
+        # switched off for the step and back on after it, for whoever calls the model next.
+        checked = _set_id_checks(self.model, False)
         try:
             for micro in range(c.grad_accum):
                 # on a GPU the batch comes from pinned memory, non-blocking: the copy overlaps compute
@@ -548,6 +551,8 @@ class Trainer:
             raise torch.OutOfMemoryError(OOM_ADVICE.format(
                 batch=c.batch_size, accum=c.grad_accum, micro=self.micro_batch, context=c.context,
                 compile=c.compile) + f"\n(original error: {error})") from error
+        finally:
+            _set_id_checks(self.model, checked)
         self.step += 1
         result = {"loss": loss_sum / c.grad_accum, "lr": lr, "grad_norm": grad_norm}
         if measure:
@@ -732,6 +737,16 @@ class Trainer:
 # learning-rate schedule depends on it) must match the checkpoint.
 RESUMABLE_CHANGES = {"device", "compile", "compile_mode", "fused_optimizer", "attn_impl", "loss_chunk", "log_interval",
                      "eval_interval", "eval_batches", "checkpoint_interval", "sample_tokens", "save_best"}
+
+
+def _set_id_checks(model: torch.nn.Module, on: bool) -> bool:
+    """Switch the token-id check of every QwenModel inside `model` (compiled, DDP or fused-loss
+    wrappers included) on or off; returns the previous setting."""
+    models = [m for m in model.modules() if isinstance(m, QwenModel)]
+    before = all(m.check_ids for m in models)
+    for m in models:
+        m.check_ids = on
+    return before
 
 
 def update_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:

@@ -375,3 +375,21 @@ def test_throughput_benchmark_smoke_run_and_shape_choice(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--shape", "smoke C"])
     assert "--shape: 'smoke C' is unknown" in capsys.readouterr().err
+
+
+def test_steps_skip_the_id_check_but_the_model_checks_again_after_them(data, monkeypatch):
+    t = trainer(data)
+    seen = []
+    original = QwenModel._check_ids
+
+    def spy(self, ids, targets):
+        seen.append(ids.shape)
+        return original(self, ids, targets)
+
+    monkeypatch.setattr(QwenModel, "_check_ids", spy)
+    t.train_step()
+    assert seen == []  # the token files were scanned at load: no per-step check (a GPU sync)
+    bad = torch.full((1, 4), t.model.config.vocab_size)
+    with pytest.raises(ValueError, match="vocab"):
+        t.model(bad)
+    assert len(seen) == 1
