@@ -43,7 +43,7 @@ CHAPTERS = (
             ("neural", "optimizers")),
     Chapter(2, "pytorch", "PyTorch",
             "tensors, views, broadcasting, autograd and modules, with checked exercises",
-            ("neural",)),
+            ("env", "hardware")),
     Chapter(3, "gpus", "GPUs: FLOPS, VRAM and memory",
             "what fills VRAM for our model and Qwen3-0.6B, FLOP/s measured on your device",
             ("memory", "flops", "hardware")),

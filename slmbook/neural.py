@@ -10,14 +10,16 @@ The pieces:
 - one `Neuron`, then the layers of a multilayer perceptron (`Linear`, `Act`, `LayerNorm`) and the
   `MLP` that chains them,
 - weight initialisation schemes (`init_weight`), per-layer gradient norms and a small `train` loop,
-  which chapter 1 uses to show vanishing and exploding gradients and how init and norms fix them.
+  which chapter 1 uses to show vanishing and exploding gradients and how init and norms fix them,
+- mini-batches (`minibatches`, `minibatch_gradient_error`): what makes gradient descent *stochastic*,
+  and how noisy a batch's gradient is; `train` takes a batch size and a learning-rate schedule.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -488,22 +490,81 @@ def activation_stds(mlp: MLP, x: torch.Tensor) -> list[float]:
     return stds
 
 
-def train(mlp: MLP, x: torch.Tensor, target: torch.Tensor, optimizer, steps: int, loss: str = "mse",
-          x_val: torch.Tensor | None = None, target_val: torch.Tensor | None = None) -> dict:
-    """Full-batch training with hand-written gradients and an optimizer from `slmbook.optimizers`.
+def minibatches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Endless mini-batches of indices into n examples: each epoch a fresh random order of range(n),
+    cut into n // batch_size batches of batch_size (the remainder is dropped, as with
+    `DataLoader(drop_last=True)`), so every step averages the same number of examples and no example
+    is seen twice before all the others have been seen once."""
+    positive_int("n", n)
+    positive_int("batch_size", batch_size)
+    if batch_size > n:
+        raise ValueError(f"batch_size={batch_size}: must be <= the number of examples, {n}")
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
 
-    Returns the history: loss per step, validation loss per step (if validation data is given)
-    and the per-layer weight-gradient norms per step (a list of lists, first layer first).
+
+def minibatch_gradient_error(mlp: MLP, x: torch.Tensor, target: torch.Tensor, batch_size: int,
+                             samples: int = 100, loss: str = "mse", seed: int = 0) -> float:
+    """How far a mini-batch's gradient is from the full-batch gradient g: the mean, over `samples`
+    batches of `batch_size` distinct random examples, of |g_B - g|^2 / |g|^2 (every parameter flattened
+    into one vector).
+
+    g_B is an unbiased estimate of g; sampling theory says this error is (N - B) / (B (N - 1)) times
+    its value at B = 1: it falls like 1/B and reaches 0 at B = N. That noise is the "stochastic" in SGD.
+    """
+    positive_int("batch_size", batch_size)
+    positive_int("samples", samples)
+    n = len(x)
+    if batch_size > n:
+        raise ValueError(f"batch_size={batch_size}: must be <= the number of examples, {n}")
+    full = torch.cat([g.flatten() for g in loss_and_gradients(mlp, x, target, loss)[1]])
+    generator = torch.Generator().manual_seed(seed)
+    errors = []
+    for _ in range(samples):
+        idx = torch.randperm(n, generator=generator)[:batch_size]
+        batch = torch.cat([g.flatten() for g in loss_and_gradients(mlp, x[idx], target[idx], loss)[1]])
+        errors.append(float((batch - full).pow(2).sum() / full.pow(2).sum()))
+    return sum(errors) / samples
+
+
+def train(mlp: MLP, x: torch.Tensor, target: torch.Tensor, optimizer, steps: int, loss: str = "mse",
+          x_val: torch.Tensor | None = None, target_val: torch.Tensor | None = None,
+          batch_size: int | None = None, lr_schedule: Callable[[int], float] | None = None,
+          seed: int = 0) -> dict:
+    """Training with hand-written gradients and an optimizer from `slmbook.optimizers`.
+
+    batch_size=None: full-batch gradient descent (every step sees all of x). An integer: stochastic
+    gradient descent, each step on the next mini-batch of `minibatches` (shuffled with `seed`).
+    lr_schedule(step) -> learning rate, set on the optimizer before each step (None: keep its lr).
+
+    Returns the history: the loss each step's gradient came from, the loss on all of x (`full_loss`,
+    the same as `loss` in full-batch mode), validation loss per step (if validation data is given),
+    the learning rate used, and the per-layer weight-gradient norms per step (first layer first).
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r}: must be a positive integer")
     compute = loss_fn(loss)[0]
-    history = {"loss": [], "val_loss": [], "grad_norms": []}
-    for _ in range(steps):
-        value, grads = loss_and_gradients(mlp, x, target, loss)
+    batches = None if batch_size is None else minibatches(len(x), batch_size, torch.Generator().manual_seed(seed))
+    history = {"loss": [], "full_loss": [], "val_loss": [], "lr": [], "grad_norms": []}
+    for step in range(steps):
+        if batches is None:
+            value, grads = loss_and_gradients(mlp, x, target, loss)
+            history["full_loss"].append(float(value))
+        else:
+            history["full_loss"].append(float(compute(mlp.forward(x), target)))
+            idx = next(batches)
+            value, grads = loss_and_gradients(mlp, x[idx], target[idx], loss)
         history["loss"].append(float(value))
         history["grad_norms"].append(weight_gradient_norms(mlp))
         if x_val is not None:
             history["val_loss"].append(float(compute(mlp.forward(x_val), target_val)))
+        if lr_schedule is not None:
+            lr = lr_schedule(step)
+            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 <= lr < math.inf:
+                raise ValueError(f"lr_schedule({step}) = {lr!r}: must be a finite number >= 0")
+            optimizer.lr = float(lr)
+        history["lr"].append(optimizer.lr)
         optimizer.step(grads)
     return history

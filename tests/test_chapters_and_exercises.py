@@ -27,9 +27,15 @@ def test_colab_and_binder_links_point_at_the_notebook():
     assert ch.binder_url.endswith("urlpath=lab/tree/notebooks/09_kv_cache.ipynb")
 
 
-def test_dragon_exercise_checks_the_count():
+def test_car_exercise_checks_the_count_of_the_shipped_stories():
+    import re
+
     stories = load_stories("validation", source="sample", verbose=False)
-    right = sum("dragon" in s.lower().replace("dragons", "") for s in stories)
-    assert ch00.check_dragon_count(right).correct
-    assert ch00.check_dragon_count(right + 1).status == "wrong"
-    assert ch00.check_dragon_count(None).status == "not attempted"
+    right = sum("car" in re.findall(r"[a-z]+", s.lower()) for s in stories)  # whole words, by splitting
+    assert ch00.check_car_count(right).correct
+    assert ch00.check_car_count(right + 1).status == "wrong"
+    substring = ch00.check_car_count(sum("car" in s.lower() for s in stories))  # 'scared', 'careful'
+    assert substring.status == "wrong" and "whole word" in substring.message
+    assert ch00.check_car_count(float(right)).status == "wrong"
+    not_yet = ch00.check_car_count(None)
+    assert not_yet.status == "not attempted" and "Hint" not in not_yet.message

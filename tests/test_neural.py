@@ -205,3 +205,73 @@ def test_train_lowers_the_loss_with_sgd_and_adam():
         assert len(history["val_loss"]) == 200 and len(history["grad_norms"][0]) == 3
     with pytest.raises(ValueError, match="steps=0"):
         neural.train(mlp, x, y, SGD(mlp.parameters(), lr=0.1), steps=0)
+
+
+def test_minibatches_cover_each_example_once_per_epoch_and_drop_the_remainder():
+    batches = neural.minibatches(10, 3, torch.Generator().manual_seed(0))
+    for _ in range(2):  # two epochs of 10 // 3 = 3 batches each
+        epoch = torch.cat([next(batches) for _ in range(3)])
+        assert len(epoch) == 9 and len(set(epoch.tolist())) == 9 and epoch.max() < 10
+    with pytest.raises(ValueError, match="batch_size=11"):
+        next(neural.minibatches(10, 11))
+    with pytest.raises(ValueError, match="batch_size=0"):
+        next(neural.minibatches(10, 0))
+
+
+def _xor(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=g, dtype=torch.float64) * 4 - 2
+    return x, (x[:, 0] * x[:, 1] > 0).long()
+
+
+def test_minibatch_training_with_a_schedule_equals_torch_optim_and_lambda_lr():
+    x, y = _xor()
+    mlp = MLP([2, 6, 2], act="tanh", seed=1)
+    reference = mlp.to_torch()
+    schedule = lambda step: 0.5 * (step + 1) / 5 if step < 5 else 0.5 * 0.9 ** (step - 5)  # noqa: E731
+    history = neural.train(mlp, x, y, SGD(mlp.parameters(), lr=1.0, momentum=0.9), steps=30,
+                           loss="cross_entropy", batch_size=16, lr_schedule=schedule, seed=3)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=1.0, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    batches = neural.minibatches(len(x), 16, torch.Generator().manual_seed(3))
+    for step in range(30):
+        idx = next(batches)
+        with torch.no_grad():
+            assert math.isclose(history["full_loss"][step], F.cross_entropy(reference(x), y).item(), rel_tol=1e-12)
+        loss = F.cross_entropy(reference(x[idx]), y[idx])
+        assert math.isclose(history["loss"][step], loss.item(), rel_tol=1e-12)
+        assert math.isclose(history["lr"][step], optimizer.param_groups[0]["lr"], rel_tol=1e-12)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    for ours, theirs in zip(mlp.parameters(), reference.parameters()):
+        assert torch.allclose(ours, theirs.detach(), rtol=0, atol=1e-12)
+
+
+def test_full_batch_training_records_the_full_loss_as_the_loss():
+    x, y = _xor()
+    mlp = MLP([2, 4, 2], act="tanh", seed=0)
+    history = neural.train(mlp, x, y, SGD(mlp.parameters(), lr=0.1), steps=3, loss="cross_entropy")
+    assert history["loss"] == history["full_loss"] and history["lr"] == [0.1] * 3
+    with pytest.raises(ValueError, match=r"lr_schedule\(0\) = -0.1"):
+        neural.train(mlp, x, y, SGD(mlp.parameters(), lr=0.1), steps=3, loss="cross_entropy",
+                     lr_schedule=lambda step: -0.1)
+
+
+def test_minibatch_gradient_error_follows_the_sampling_law():
+    x, y = _xor(n=12)
+    mlp = MLP([2, 5, 2], act="tanh", seed=2)
+    # per-example gradients by torch.autograd: the error of a batch of one, averaged over every example
+    _, full = neural.gradients_by_autograd(mlp, x, y, "cross_entropy")
+    full = torch.cat([g.flatten() for g in full])
+    singles = [torch.cat([g.flatten() for g in neural.gradients_by_autograd(mlp, x[i:i + 1], y[i:i + 1],
+                                                                           "cross_entropy")[1]]) for i in range(12)]
+    at_one = sum(float((s - full).pow(2).sum()) for s in singles) / 12 / float(full.pow(2).sum())
+    for batch_size in (1, 4):  # 400 random batches: the estimate is within a few percent of the law
+        expected = at_one * (12 - batch_size) / (batch_size * (12 - 1))
+        measured = neural.minibatch_gradient_error(mlp, x, y, batch_size, samples=400, loss="cross_entropy")
+        assert measured == pytest.approx(expected, rel=0.15)
+    assert neural.minibatch_gradient_error(mlp, x, y, 12, samples=3, loss="cross_entropy") < 1e-25
+    with pytest.raises(ValueError, match="batch_size=13"):
+        neural.minibatch_gradient_error(mlp, x, y, 13)

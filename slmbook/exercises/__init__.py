@@ -25,6 +25,12 @@ class Result:
         return f"{mark} {self.exercise}: {self.message}"
 
 
+def not_attempted(exercise: str) -> Result:
+    """The result for an answer still None, with no hint: the first try is the reader's own, and a
+    checker shows its hint only after a wrong one."""
+    return Result(exercise, "not attempted", "replace None with your answer; a hint appears after a wrong try")
+
+
 def verdict(exercise: str, answer, ok: bool, hint: str, success: str = "correct!") -> Result:
     """The common shape of a checker's result: not attempted, correct or wrong with a hint."""
     if answer is None:

@@ -1,5 +1,6 @@
 """Chapter 2's exercises, one per section: dtypes, views, indexing, broadcasting, autograd, modules
-and devices. Functions you write are checked on fresh random inputs against a reference."""
+and devices. Functions you write are checked on fresh random inputs against a reference; a hint
+appears only after a wrong try."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 import torch
 
-from slmbook.exercises import Result, close, verdict
+from slmbook.exercises import Result, exact_int, not_attempted, verdict
 
 
 def _run(fn, *args):
@@ -29,13 +30,35 @@ def _wrong_because(name, hint, why) -> Result:
 
 # -- tensors and dtypes ----------------------------------------------------------------------------
 
-def check_bf16_gap(answer) -> Result:
-    """What is the gap between 1.0 and the next larger number a bfloat16 can hold? (a float)"""
-    expected = torch.finfo(torch.bfloat16).eps
-    return verdict("chapter 2: bfloat16's gap above 1.0", answer, close(answer, expected, rel=1e-9),
-                   hint="bfloat16 keeps 7 mantissa bits after the leading 1; try halving x while "
-                        "torch.tensor(1.0 + x, dtype=torch.bfloat16) != 1.0",
-                   success=f"correct: {expected} = 2^-7. Near 1.0, bfloat16 cannot tell 1.000 from 1.003")
+def first_integer_not_stored(dtype: torch.dtype) -> int:
+    """The smallest positive integer that `dtype` cannot hold exactly, found by trying them in turn
+    (the reference; the rule behind it is 2^(mantissa bits + 1) + 1)."""
+    integers = torch.arange(1, 2**12 + 2, dtype=torch.float64)  # enough for the 16-bit formats
+    lost = integers[integers.to(dtype).double() != integers]
+    if len(lost) == 0:
+        raise ValueError(f"dtype={dtype}: stores every integer up to {2**12 + 1}; only 16-bit floats are allowed")
+    return int(lost[0])
+
+
+def check_bf16_first_lost_integer(answer) -> Result:
+    """What is the smallest positive integer that a bfloat16 cannot store exactly? (an int)"""
+    name = "chapter 2: the first integer bfloat16 loses"
+    if answer is None:
+        return not_attempted(name)
+    expected = first_integer_not_stored(torch.bfloat16)
+    if exact_int(answer, first_integer_not_stored(torch.float16)):
+        return Result(name, "wrong", "that is float16's, which has 3 more mantissa bits than bfloat16")
+    if isinstance(answer, float) and answer == expected:
+        return Result(name, "wrong", "the right number, but give it as an int (int(...)), as the question asks")
+    if isinstance(answer, int) and answer > 0 and answer & (answer - 1) == 0:
+        return Result(name, "wrong", f"{answer} is a power of two: every format stores those exactly")
+    return verdict(name, answer, exact_int(answer, expected),
+                   hint="between 2^k and 2^(k+1) a format with m mantissa bits has 2^m evenly spaced numbers: "
+                        "find the first k where that spacing exceeds 1 (or round-trip integers through "
+                        "torch.bfloat16 and watch for the first that comes back changed)",
+                   success=f"correct: bfloat16 rounds {expected} to {int(torch.tensor(float(expected)).bfloat16())}. "
+                           f"Above {expected - 1} bfloat16 cannot count by ones: keep counters and token ids in "
+                           "integer dtypes, and sums in float32")
 
 
 # -- shapes, reshaping and views -------------------------------------------------------------------
@@ -51,66 +74,100 @@ def _split_heads_reference(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def check_split_heads(fn) -> Result:
     """Write fn(x, n_heads): x of shape (batch, seq, dim) -> (batch, n_heads, seq, dim // n_heads),
-    head h holding channels h*head_dim .. (h+1)*head_dim - 1 (the layout attention uses)."""
+    head h holding channels h*head_dim .. (h+1)*head_dim - 1 (the layout attention uses), as a view
+    of x: no data copied."""
     name = "chapter 2: split into heads"
-    hint = "x.view(batch, seq, n_heads, head_dim) then swap the seq and heads axes with .transpose(1, 2)"
     if fn is None:
-        return verdict(name, None, False, hint)
+        return not_attempted(name)
+    hint = ("one token's channels are consecutive in memory: give the last axis two axes (heads, head_dim) "
+            "without copying, then move the heads axis in front of the sequence axis")
     g = torch.Generator().manual_seed(2)
     for shape, heads in (((2, 5, 12), 3), ((1, 7, 16), 4), ((3, 2, 8), 8)):
         x = torch.randn(*shape, generator=g)
         result = _run(fn, x, heads)
         if not _same(result, _split_heads_reference(x, heads)):
             return _wrong_because(name, hint, f"wrong result for shape {shape} with {heads} heads")
-    return verdict(name, fn, True, hint, success="correct: a view and a transpose, no data copied")
+        if result.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            return _wrong_because(name, hint, "the values are right but the result is a copy (its storage is "
+                                              "not x's): something in it copied the data")
+    return verdict(name, fn, True, hint, success="correct, and checked: the result shares x's storage, no data copied")
 
 
 # -- indexing --------------------------------------------------------------------------------------
 
-def check_pick_targets(fn) -> Result:
-    """Write fn(logits, targets): logits (N, C), targets (N,) class indices -> (N,) with
-    logits[i, targets[i]] for every row i, without a Python loop (the cross-entropy's key step)."""
-    name = "chapter 2: pick each row's target"
-    hint = "index with two tensors: logits[torch.arange(N), targets] (or logits.gather(1, targets[:, None]))"
+def _target_rank_reference(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    batch, seq, _ = logits.shape
+    ranks = torch.empty(batch, seq, dtype=torch.long)
+    for b in range(batch):
+        for t in range(seq):
+            ranks[b, t] = sum(1 for v in logits[b, t].tolist() if v > logits[b, t, targets[b, t]].item())
+    return ranks
+
+
+def check_target_rank(fn) -> Result:
+    """Write fn(logits, targets): logits (batch, seq, vocab), targets (batch, seq) token ids ->
+    (batch, seq) with, at each position, how many vocabulary entries score strictly higher than the
+    target (0: the model's first choice was right), without a Python loop."""
+    name = "chapter 2: the rank of each target"
     if fn is None:
-        return verdict(name, None, False, hint)
+        return not_attempted(name)
+    hint = ("first pick each position's target logit, keeping a size-1 last axis (indexing with tensors, "
+            "or gather along the vocabulary axis); then compare it with every logit of its row and count")
     g = torch.Generator().manual_seed(3)
-    for n, c in ((4, 10), (9, 3), (1, 50)):
-        logits, targets = torch.randn(n, c, generator=g), torch.randint(0, c, (n,), generator=g)
-        expected = torch.tensor([logits[i, targets[i]].item() for i in range(n)])
-        if not _same(_run(fn, logits, targets), expected):
-            return _wrong_because(name, hint, f"wrong result for logits of shape {(n, c)}")
-    return verdict(name, fn, True, hint)
+    for batch, seq, vocab in ((2, 3, 10), (1, 7, 5), (4, 1, 50)):
+        logits = torch.randn(batch, seq, vocab, generator=g, dtype=torch.float64)
+        targets = torch.randint(0, vocab, (batch, seq), generator=g)
+        if not _same(_run(fn, logits, targets), _target_rank_reference(logits, targets)):
+            return _wrong_because(name, hint, f"wrong result for logits of shape {(batch, seq, vocab)}")
+    return verdict(name, fn, True, hint, success="correct: rank < k for k = 1 and 5 gives top-1 and top-5 accuracy")
 
 
 # -- broadcasting ----------------------------------------------------------------------------------
 
-def check_pairwise_sq_distances(fn) -> Result:
-    """Write fn(a, b): a (N, D), b (M, D) -> (N, M) with the squared distance |a_i - b_j|^2, by
-    broadcasting (no loop)."""
-    name = "chapter 2: pairwise squared distances"
-    hint = "a[:, None, :] - b[None, :, :] has shape (N, M, D); square and sum over the last axis"
+def _window_mask_reference(seq_len: int, window: int) -> torch.Tensor:
+    return torch.tensor([[0 <= i - j < window for j in range(seq_len)] for i in range(seq_len)])
+
+
+def check_sliding_window_mask(fn) -> Result:
+    """Write fn(seq_len, window) -> a (seq_len, seq_len) bool tensor, True where query i may attend to
+    key j: j is not in the future (j <= i) and at most window - 1 positions back, by broadcasting."""
+    name = "chapter 2: a sliding-window causal mask"
     if fn is None:
-        return verdict(name, None, False, hint)
-    g = torch.Generator().manual_seed(4)
-    for n, m, d in ((3, 4, 2), (5, 1, 7), (6, 6, 3)):
-        a, b = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(m, d, generator=g, dtype=torch.float64)
-        if not _same(_run(fn, a, b), torch.cdist(a, b) ** 2):
-            return _wrong_because(name, hint, f"wrong result for a {(n, d)} and b {(m, d)}")
-    return verdict(name, fn, True, hint)
+        return not_attempted(name)
+    hint = ("build the (seq_len, seq_len) table of offsets i - j by broadcasting a column of positions "
+            "against a row of them; both conditions are comparisons on that table")
+    for seq_len, window in ((5, 2), (7, 3), (4, 10), (6, 1)):
+        result = _run(fn, seq_len, window)
+        expected = _window_mask_reference(seq_len, window)
+        if not isinstance(result, torch.Tensor) or result.dtype != torch.bool:
+            return _wrong_because(name, hint, f"fn({seq_len}, {window}) should be a bool tensor")
+        if result.shape != expected.shape or not torch.equal(result, expected):
+            return _wrong_because(name, hint, f"wrong mask for seq_len={seq_len}, window={window}")
+    return verdict(name, fn, True, hint,
+                   success="correct: window >= seq_len gives the plain causal mask, window = 1 only the diagonal")
 
 
 # -- autograd --------------------------------------------------------------------------------------
 
-def check_derivative(answer) -> Result:
-    """Use autograd: the derivative of f(x) = x^3 * sin(x) at x = 2.0 (a float, within 1e-6)."""
+def check_second_derivative(answer) -> Result:
+    """Use autograd twice: the second derivative of f(x) = x^3 * sin(x) at x = 2.0 (a float, within 1e-6)."""
+    name = "chapter 2: a second derivative by autograd"
+    if answer is None:
+        return not_attempted(name)
     x = 2.0
-    expected = 3 * x**2 * math.sin(x) + x**3 * math.cos(x)  # the product rule, by hand
-    return verdict("chapter 2: a derivative by autograd", answer,
-                   close(answer, expected, rel=0, abs_tol=1e-6),
-                   hint="x = torch.tensor(2.0, requires_grad=True); y = x**3 * torch.sin(x); "
-                        "y.backward(); x.grad",
-                   success=f"correct: {expected:.6f}, as the product rule gives 3x^2 sin x + x^3 cos x")
+    first = 3 * x**2 * math.sin(x) + x**3 * math.cos(x)  # the product rule, by hand
+    expected = 6 * x * math.sin(x) + 6 * x**2 * math.cos(x) - x**3 * math.sin(x)  # and once more
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        value = None
+    if value is not None and math.isclose(value, first, abs_tol=1e-6):
+        return Result(name, "wrong", "that is the first derivative; differentiate it once more")
+    return verdict(name, answer, value is not None and math.isclose(value, expected, rel_tol=0, abs_tol=1e-6),
+                   hint="backward() leaves a plain number in .grad; ask autograd for the first derivative as a "
+                        "tensor that keeps its own graph (look up create_graph in torch.autograd.grad), then "
+                        "differentiate that tensor",
+                   success=f"correct: {expected:.6f} = 6x sin x + 6x^2 cos x - x^3 sin x at x = 2")
 
 
 # -- modules ---------------------------------------------------------------------------------------
@@ -119,10 +176,10 @@ def check_two_layer_module(cls) -> Result:
     """Write an nn.Module class TwoLayer(d_in, d_hidden, d_out): Linear(d_in, d_hidden) -> ReLU ->
     Linear(d_hidden, d_out). Its parameters must be registered (so optimizers see them)."""
     name = "chapter 2: a two-layer module"
-    hint = ("subclass torch.nn.Module, call super().__init__() first, assign the layers as attributes "
-            "(self.fc1 = nn.Linear(...)), and write forward(self, x)")
     if cls is None:
-        return verdict(name, None, False, hint)
+        return not_attempted(name)
+    hint = ("subclass torch.nn.Module, call super().__init__() first, and give each layer to an attribute of "
+            "self (layers in a plain Python list are invisible to parameters()); forward applies them in order")
     model = _run(cls, 3, 16, 2)
     if not isinstance(model, torch.nn.Module):
         return _wrong_because(name, hint, "TwoLayer(3, 16, 2) is not a torch.nn.Module")
@@ -147,9 +204,10 @@ def check_to_device(fn) -> Result:
     """Write fn(batch, device): a dict of tensors (and other values) -> a new dict with every tensor
     on `device` and everything else unchanged. Checked with the 'meta' device, which every machine has."""
     name = "chapter 2: a batch to a device"
-    hint = "{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}"
     if fn is None:
-        return verdict(name, None, False, hint)
+        return not_attempted(name)
+    hint = ("build a new dict (the caller's must not change): move each value that is a tensor, and pass "
+            "the others (counts, strings) through as they are")
     batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "targets": torch.ones(2, 8, dtype=torch.long),
              "mask": torch.ones(2, 8, dtype=torch.bool), "n_stories": 2, "source": "sample"}
     result = _run(fn, batch, torch.device("meta"))
