@@ -569,6 +569,37 @@ def find_trained(name: str = "book", root: str | Path | None = None) -> Path | N
     return folder
 
 
+SHIPPED_MODEL = "tinystories-reader"  # slmbook/resources/models/<name>/
+
+
+def shipped_model_dir(name: str = SHIPPED_MODEL) -> Path:
+    """The pretrained model that ships with slmbook: our Qwen on the book's 4,096-token TinyStories
+    tokenizer, trained on one GPU (benchmarks/train_reader_model.py; its provenance.md beside the
+    weights says how, on what and how well). Chapters that look inside a trained model use it in
+    quick mode, so a reader who opens chapter 8 first still sees one that has learned."""
+    from slmbook.data import resource_path
+
+    folder = resource_path("models", name)
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"shipped model {name!r} is missing from {folder} (a broken install?); "
+                              f"reinstall slmbook or train one with benchmarks/train_reader_model.py")
+    return folder
+
+
+def trained_or_shipped(name: str = "book", root: str | Path | None = None) -> Path:
+    """The chapter 14 checkpoint of run `name` when one exists (a chapter's full version), else the
+    shipped pretrained model (quick mode)."""
+    return find_trained(name, root) or shipped_model_dir()
+
+
+def checkpoint_tokenizer(folder: str | Path):
+    """The tokenizer a checkpoint was trained with, by the name its training state records
+    (`slmbook.prepare.TOKENIZERS`); a checkpoint that records none used GPT-2's."""
+    from slmbook.prepare import load_tokenizer
+
+    return load_tokenizer(read_state(folder, verify=False).get("tokenizer") or "gpt2")
+
+
 class FolderContents(NamedTuple):
     """What a would-be checkpoint folder holds (`inspect_folder`)."""
 
