@@ -114,6 +114,15 @@ def normalize(text: str) -> tuple[str, Counter]:
     return text, counts
 
 
+def damage_mojibake(text: str) -> str:
+    """The damage `repair_mojibake` undoes, done on purpose: the UTF-8 bytes of `text` read as
+    Windows-1252, its undefined bytes (0x9D of `”` among them) dropped. Applied to a real story
+    with curly quotes it gives what the official TinyStories V1 validation file holds."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text.encode("utf-8").decode("cp1252", errors="ignore")
+
+
 # --- exact deduplication ----------------------------------------------------------------------
 
 
@@ -306,6 +315,107 @@ def _clusters(n: int, pairs: Iterable[tuple[int, int, float]]) -> list[list[int]
     for i in range(n):
         groups.setdefault(find(i), []).append(i)
     return [g for g in groups.values() if len(g) > 1]
+
+
+# --- edited copies and noise: what curation has to catch --------------------------------------
+
+# A sentence: from a non-space character to the first run of . ! ? (and closing quotes) followed by
+# whitespace and a capital, a digit or an opening quote, or to the end of the text.
+_SENTENCE = re.compile(r"""\S.*?(?:[.!?]+["”’']*(?=\s+["“‘A-Z0-9])|\s*\Z)""", re.S)
+_NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]+\b")
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the sentences of `text` (a simple rule: ., ! or ? then space)."""
+    return [m.span() for m in _SENTENCE.finditer(text)]
+
+
+def drop_sentence(text: str, index: int) -> str:
+    """`text` without its sentence number `index` and the whitespace that separated it from the next
+    one (from the previous one, for the last sentence)."""
+    spans = sentences(text)
+    if not isinstance(index, int) or isinstance(index, bool) or not -len(spans) <= index < len(spans):
+        raise ValueError(f"index={index!r}: the text has {len(spans)} sentences")
+    index %= len(spans)
+    start, end = spans[index]
+    if index + 1 < len(spans):
+        return text[:start] + text[spans[index + 1][0]:]
+    return text[: spans[index - 1][1] if index else 0] + text[end:]
+
+
+def character_names(text: str) -> Counter:
+    """Capitalized words that occur after a lowercase word or a comma, i.e. not only at the start of
+    a sentence: in a children's story, its characters' names (and 'Mom', 'Dad')."""
+    return Counter(_NAME.findall(text))
+
+
+def swap_name(text: str, old: str, new: str) -> str:
+    """Every mention of the name `old` (as a whole word) replaced by `new`."""
+    pattern = re.compile(rf"\b{re.escape(old)}\b")
+    if not pattern.search(text):
+        raise ValueError(f"old={old!r}: the name does not occur in the text")
+    return pattern.sub(new, text)
+
+
+def curl_quotes(text: str) -> str:
+    """Straight quotes made typographic: " -> “ or ” and ' -> ‘ or ’ (opening after a space, a
+    bracket or the start of a line, closing elsewhere), as a word processor does."""
+    def curl(match: re.Match) -> str:
+        opening = match.start() == 0 or text[match.start() - 1] in " \n\t([{“‘—–"
+        if match.group() == '"':
+            return "“" if opening else "”"
+        return "‘" if opening else "’"
+
+    return re.sub("[\"']", curl, text)
+
+
+def truncate(text: str, fraction: float) -> str:
+    """The first `fraction` of the characters of `text` (cut mid-word, as a broken download is)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r}: must be in (0, 1]")
+    return text[: max(1, round(len(text) * fraction))].rstrip()
+
+
+def add_noise(stories: Sequence[str], mojibake: bool = True, truncate_rate: float = 0.25,
+              duplicate_rate: float = 0.05, copies: int = 20, boilerplate: str | None = None,
+              boilerplate_rate: float = 0.0, seed: int = 0) -> tuple[list[str], Counter]:
+    """Real stories made dirty the way real corpora are; returns (noisy stories, counts).
+
+    - mojibake: every story with a non-ASCII character damaged by `damage_mojibake`;
+    - truncation: a `truncate_rate` share of the stories cut to 20-80% of their length;
+    - duplicates: a `duplicate_rate` share of the stories repeated `copies` times in all (mirrored
+      pages; the copies go to the end, so the first copy of every story is where it was);
+    - boilerplate: the text `boilerplate` appended to a `boilerplate_rate` share, as a footer is.
+
+    counts: stories changed by each kind of noise ('duplicates' counts the extra copies).
+    """
+    for name, rate in (("truncate_rate", truncate_rate), ("duplicate_rate", duplicate_rate),
+                       ("boilerplate_rate", boilerplate_rate)):
+        if not 0 <= rate <= 1:
+            raise ValueError(f"{name}={rate!r}: must be a fraction in [0, 1]")
+    if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
+        raise ValueError(f"copies={copies!r}: must be a positive integer (1 = no extra copy)")
+    if boilerplate_rate > 0 and not boilerplate:
+        raise ValueError("boilerplate_rate > 0 needs a boilerplate text (e.g. a real paragraph)")
+    rng = np.random.default_rng(seed)
+    noisy, repeated, counts = [], [], Counter()
+    for story in stories:
+        cut, copied, footer = (rng.random() < rate for rate in (truncate_rate, duplicate_rate, boilerplate_rate))
+        length = rng.uniform(0.2, 0.8)
+        if mojibake and damage_mojibake(story) != story:
+            story = damage_mojibake(story)
+            counts["mojibake"] += 1
+        if cut:
+            story = truncate(story, length)
+            counts["truncated"] += 1
+        if footer:
+            story = story + "\n\n" + boilerplate
+            counts["boilerplate"] += 1
+        if copied and copies > 1:
+            repeated += [story] * (copies - 1)
+            counts["duplicates"] += copies - 1
+        noisy.append(story)
+    return noisy + repeated, counts
 
 
 # --- quality filters --------------------------------------------------------------------------

@@ -73,6 +73,17 @@ class NGramModel:
                     self.totals[m][context] += 1
         return self
 
+    def predecessors(self, token: int) -> int:
+        """How many distinct tokens were seen right before `token` in training: Kneser-Ney's
+        "continuation count". A token frequent after one context only ("Once" after the start of a
+        story) has a large count but few predecessors, which is why Kneser-Ney smoothing uses this
+        number, and not the raw count, for the unigram that every other estimate falls back on."""
+        if self.n < 2:
+            raise ValueError("predecessors needs bigram counts: n >= 2")
+        if not isinstance(token, int) or not 0 <= token < self.vocab_size:
+            raise ValueError(f"token={token!r}: must be an id in 0..{self.vocab_size - 1}")
+        return sum(1 for following in self.counts[1].values() if token in following)
+
     def _context(self, context: Sequence[int]) -> tuple[int, ...]:
         """The last n-1 tokens of context, padded on the left with end-of-text (a story's start)."""
         context = tuple(int(i) for i in context)[-(self.n - 1) :] if self.n > 1 else ()

@@ -154,3 +154,127 @@ class RotaryEmbedding(nn.Module):
 def rope_wavelengths(head_dim: int, theta: float = 10_000.0) -> torch.Tensor:
     """Positions needed for each pair to turn a full circle: 2*pi / frequency."""
     return 2 * math.pi / rope_frequencies(head_dim, theta)
+
+
+def rope_rotation_matrix(position: int, head_dim: int, theta: float = 10_000.0) -> torch.Tensor:
+    """R_m, the (head_dim, head_dim) matrix with which RoPE multiplies a vector at position m.
+
+    It is block-diagonal in the half-split pairs: for pair i (channels i and i + head_dim/2) the
+    2x2 rotation [[cos a, -sin a], [sin a, cos a]] with a = m * theta**(-2i/head_dim). `apply_rope`
+    does the same product without building the matrix; this one is for reading the equation:
+    R_m is orthogonal and R_m^T R_n = R_(n-m), so <R_m q, R_n k> = <q, R_(n-m) k>. float64.
+    """
+    if not isinstance(position, int) or isinstance(position, bool):
+        raise ValueError(f"position={position!r}: must be an integer")
+    half = head_dim // 2
+    angles = position * rope_frequencies(head_dim, theta).double()
+    cos, sin = angles.cos(), angles.sin()
+    matrix = torch.zeros(head_dim, head_dim, dtype=torch.float64)
+    i = torch.arange(half)
+    matrix[i, i], matrix[i, i + half] = cos, -sin
+    matrix[i + half, i], matrix[i + half, i + half] = sin, cos
+    return matrix
+
+
+class LearnedPositions(nn.Module):
+    """GPT-2's absolute positions: a trained table of one vector per position, added to the tokens.
+
+    Nothing ties position 7 to position 8: each row is learned on its own, so the model knows only the
+    positions it was trained on, and a sequence longer than `context_length` has no row at all
+    (GPT-2: 1,024 positions, one 768-wide row each in its smallest model).
+    """
+
+    def __init__(self, context_length: int, dim: int):
+        super().__init__()
+        self.context_length = positive_int("context_length", context_length)
+        self.table = nn.Embedding(context_length, positive_int("dim", dim))
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., T, dim) plus the rows of positions 0..T-1."""
+        length = x.shape[-2]
+        if length > self.context_length:
+            raise ValueError(f"a sequence of {length} tokens is longer than the {self.context_length} learned "
+                             f"positions: positions {self.context_length}..{length - 1} have no vector")
+        return x + self.table(torch.arange(length, device=x.device))
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes (Press et al. 2022): a geometric sequence starting at 2**(-8/n) with
+    ratio 2**(-8/n) for n heads a power of two (8 heads: 1/2, 1/4, ..., 1/256). Otherwise the slopes
+    of the nearest smaller power of two, then every other slope of the next power of two, as in the
+    paper's code."""
+    positive_int("n_heads", n_heads)
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (h + 1) for h in range(n)]
+
+    if n_heads & (n_heads - 1) == 0:
+        return torch.tensor(power_of_two(n_heads), dtype=torch.float64)
+    below = 1 << (n_heads.bit_length() - 1)
+    return torch.tensor(power_of_two(below) + power_of_two(2 * below)[0::2][: n_heads - below], dtype=torch.float64)
+
+
+def alibi_bias(n_heads: int, length: int) -> torch.Tensor:
+    """The (n_heads, length, length) bias ALiBi adds to the attention scores instead of encoding
+    positions: -slope_h * (m - n) for a query at m and a key at n <= m, -inf above the diagonal
+    (future keys, as a causal mask). No rotation, no table: far keys are simply penalized, linearly."""
+    positive_int("length", length)
+    slopes = alibi_slopes(n_heads)
+    positions = torch.arange(length, dtype=torch.float64)
+    distance = positions[:, None] - positions[None, :]  # m - n
+    bias = -slopes[:, None, None] * distance + 0.0  # + 0.0: no "-0.0" on the diagonal
+    return bias.masked_fill(distance < 0, float("-inf"))
+
+
+ROPE_SCALINGS = ("pi", "ntk", "yarn")
+
+
+def scaled_rope_frequencies(head_dim: int, theta: float, factor: float, method: str, original_context: int,
+                            beta_fast: float = 32.0, beta_slow: float = 1.0) -> torch.Tensor:
+    """RoPE frequencies stretched to run a model `factor` times past the `original_context` it was
+    trained on:
+
+    - 'pi', position interpolation (Chen et al. 2023): every frequency divided by `factor`, so the
+      longest new position turns each pair exactly as far as the longest trained one did; the price
+      is that neighbouring positions are `factor` times closer in angle.
+    - 'ntk', "NTK-aware" scaling (bloc97, 2023): theta raised to theta * factor**(d/(d-2)); the
+      fastest pair keeps its speed, the slowest is divided by `factor`, the others in between.
+    - 'yarn', YaRN (Peng et al. 2023): pairs that turn more than `beta_fast` times within the
+      original context keep their frequency, pairs that turn less than `beta_slow` times are
+      interpolated like 'pi', with a linear ramp between (transformers' `_compute_yarn_parameters`).
+      YaRN also scales the attention logits, see `yarn_attention_factor`.
+    """
+    base = rope_frequencies(head_dim, theta)
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1:
+        raise ValueError(f"factor={factor!r}: the context is stretched by a number >= 1")
+    positive_int("original_context", original_context)
+    if method == "pi":
+        return base / factor
+    if method == "ntk":
+        if head_dim == 2:  # a single pair is both the fastest and the slowest: nothing to spread
+            return base / factor
+        return rope_frequencies(head_dim, theta * factor ** (head_dim / (head_dim - 2)))
+    if method == "yarn":
+        if not beta_fast > beta_slow > 0:
+            raise ValueError(f"beta_fast={beta_fast!r}, beta_slow={beta_slow!r}: need beta_fast > beta_slow > 0")
+
+        def pair_turning(turns: float) -> float:  # the (fractional) pair index that turns `turns` times
+            return head_dim * math.log(original_context / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+        low = max(math.floor(pair_turning(beta_fast)), 0)
+        high = min(math.ceil(pair_turning(beta_slow)), head_dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        return base / factor * ramp + base * (1 - ramp)  # ramp 0: keep (fast pairs), 1: interpolate (slow)
+    raise ValueError(f"method={method!r}: allowed {ROPE_SCALINGS}")
+
+
+def yarn_attention_factor(factor: float) -> float:
+    """YaRN's scale of cos and sin (so of the logits, squared): 0.1 ln(factor) + 1, keeping attention
+    as sharp at the stretched length as it was (1 for factor <= 1)."""
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor > 0:
+        raise ValueError(f"factor={factor!r}: must be a positive number")
+    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0

@@ -13,11 +13,16 @@ Training compute is C ≈ 6·N·D FLOPs (2 per parameter per token forward, 4 ba
 
 The constants were fitted on much larger models and other data: for a TinyStories model they give
 the shape of the trade-off, not its loss.
+
+`exact_match` is the other side of "emergent abilities" (Schaeffer et al. 2023): a score that needs
+every one of k tokens right turns a smoothly improving per-token accuracy into a sudden-looking jump.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from slmbook.config import QwenConfig
 from slmbook.memory import parameter_counts
@@ -114,3 +119,17 @@ def embedding_share(config: QwenConfig) -> float:
     """Fraction of the model's parameters in the embedding (and untied head): large for small models."""
     parts = parameter_counts(config)
     return (parts["embedding"] + parts["output head"]) / sum(parts.values())
+
+
+def exact_match(per_token_accuracy, k: int):
+    """P(all k tokens of an answer are right) = p**k when each is right with probability p on its own.
+
+    The metric-choice caveat of emergent abilities: p rising smoothly with scale gives an exact-match
+    score that stays near 0 and then shoots up, all the more the longer the answer (larger k).
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k={k!r}: the answer length must be a positive integer")
+    p = np.asarray(per_token_accuracy, dtype=float)
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError(f"per_token_accuracy={per_token_accuracy!r}: probabilities must lie in [0, 1]")
+    return p**k

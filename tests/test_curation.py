@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import zlib
 
 import numpy as np
@@ -13,7 +14,12 @@ from hypothesis import strategies as st
 from slmbook.curation import (
     MinHasher,
     QualityThresholds,
+    add_noise,
+    character_names,
     curate,
+    curl_quotes,
+    damage_mojibake,
+    drop_sentence,
     estimated_jaccard,
     exact_dedup,
     find_mojibake,
@@ -28,7 +34,11 @@ from slmbook.curation import (
     quality_filters,
     repair_mojibake,
     repetition_ratio,
+    sentences,
     shingles,
+    story_hash,
+    swap_name,
+    truncate,
     word_count,
 )
 
@@ -196,3 +206,80 @@ def test_nearest_similarity_equals_the_all_pairs_loop():
     got = nearest_similarity(signatures, block=16)  # several blocks, the last one partial
     assert got.tolist() == pytest.approx(expected)
     assert got[3] > 0.5 and got[-1] == got[3]
+
+
+# --- edited copies and noise ------------------------------------------------------------------
+
+
+def test_damage_mojibake_gives_the_real_damaged_stories_back(valid):
+    damaged = [s for s in valid if "â€" in s]
+    for story in damaged:
+        assert damage_mojibake(repair_mojibake(story)[0]) == story  # the official file, byte for byte
+    assert damage_mojibake("plain ASCII") == "plain ASCII"
+
+
+def test_sentences_cover_the_text_and_drop_sentence_removes_one(valid):
+    text = 'Tom said, "Hi!" It\'s fun. She ran. "Go?" he asked.\nThe end.'
+    assert [text[a:b] for a, b in sentences(text)] == ['Tom said, "Hi!"', "It's fun.", "She ran.",
+                                                       '"Go?" he asked.', "The end."]
+    assert drop_sentence(text, 2) == 'Tom said, "Hi!" It\'s fun. "Go?" he asked.\nThe end.'
+    assert drop_sentence(text, -1) == 'Tom said, "Hi!" It\'s fun. She ran. "Go?" he asked.'
+    assert drop_sentence(text, 0) == 'It\'s fun. She ran. "Go?" he asked.\nThe end.'
+    for story in valid[:50]:
+        spans = sentences(story)
+        assert "".join(story[a:b] for a, b in spans).replace(" ", "").replace("\n", "") == \
+            story.replace(" ", "").replace("\n", "")  # nothing but whitespace lies between sentences
+        shorter = drop_sentence(story, len(spans) // 2)
+        assert len(sentences(shorter)) == len(spans) - 1
+    with pytest.raises(ValueError, match="index=5: the text has 5 sentences"):
+        drop_sentence(text, 5)
+
+
+def test_names_swap_and_quotes():
+    story = 'One day, Lily met Tom. "Hi, Tom!" said Lily. Lily\'s mom smiled. Tomato soup.'
+    assert character_names(story) == {"Lily": 2, "Tom": 2}  # not "Lily's" and "Tomato" at sentence starts
+    assert swap_name(story, "Tom", "Max") == \
+        'One day, Lily met Max. "Hi, Max!" said Lily. Lily\'s mom smiled. Tomato soup.'
+    with pytest.raises(ValueError, match="old='Sue'"):
+        swap_name(story, "Sue", "Max")
+    curled = curl_quotes(story)
+    assert curled == 'One day, Lily met Tom. “Hi, Tom!” said Lily. Lily’s mom smiled. Tomato soup.'
+    assert curled.replace("“", '"').replace("”", '"').replace("’", "'") == story
+    assert curl_quotes("'Yes,' she said.") == "‘Yes,’ she said."
+
+
+def test_curled_and_reflowed_copies_have_the_same_shingles(valid):
+    for story in valid[:30]:
+        assert shingles(curl_quotes(story)) == shingles(story)  # shingles read words, not punctuation
+        assert story_hash(" ".join(story.split())) == story_hash(story)
+
+
+def test_add_noise_counts_what_it_changed(train):
+    stories = train[:400]
+    footer = stories[0].splitlines()[0]
+    noisy, counts = add_noise(stories, truncate_rate=0.5, duplicate_rate=0.1, copies=3, boilerplate=footer,
+                              boilerplate_rate=0.25, seed=1)
+    assert len(noisy) == len(stories) + counts["duplicates"]
+    first = noisy[: len(stories)]  # the first copy of every story keeps its place
+    assert counts["boilerplate"] == sum(n.endswith("\n\n" + footer) for n in first)
+    assert counts["mojibake"] == sum(damage_mojibake(s) != s for s in stories) > 0
+    shortened = sum(len(n.removesuffix("\n\n" + footer)) < len(damage_mojibake(s)) for n, s in zip(first, stories))
+    assert shortened <= counts["truncated"] and 0.4 < counts["truncated"] / len(stories) < 0.6
+    assert 0.15 < counts["boilerplate"] / len(stories) < 0.35
+    extra = Counter(noisy[len(stories):])
+    assert counts["duplicates"] == 2 * len(extra) and all(first.count(text) >= 1 and k % 2 == 0
+                                                          for text, k in extra.items())
+    assert add_noise(stories, mojibake=False, truncate_rate=0, duplicate_rate=0) == (list(stories), {})
+    with pytest.raises(ValueError, match="truncate_rate=2"):
+        add_noise(stories, truncate_rate=2)
+    with pytest.raises(ValueError, match="copies=0"):
+        add_noise(stories, copies=0)
+    with pytest.raises(ValueError, match="needs a boilerplate"):
+        add_noise(stories, boilerplate_rate=0.5)
+
+
+def test_truncate():
+    assert truncate("abcdefghij", 0.5) == "abcde"
+    assert truncate("ab cd", 0.6) == "ab"
+    with pytest.raises(ValueError, match="fraction=0"):
+        truncate("abc", 0)

@@ -135,3 +135,32 @@ def test_unseen_fraction_by_hand():
     assert unseen_fraction([[1, 2]], [[1, 3]], 2, 0) == pytest.approx(2 / 3)
     assert unseen_fraction([[1, 2]], [[1, 3]], 1, 0) == pytest.approx(1 / 3)  # only the token 3 is new
     assert unseen_fraction([[1, 2], [1, 3]], [[1, 3]], 3, 0) == 0
+
+
+def test_fit_counts_every_order_like_a_brute_force_loop(char_data):
+    _, train, _ = char_data
+    model = NGramModel(3, vocab_size=max(max(s) for s in train) + 2, eot_token=max(max(s) for s in train) + 1)
+    model.fit(train[:20]).fit(train[20:40])  # fitting twice adds up
+    brute = [dict() for _ in range(3)]
+    for ids in train[:40]:
+        seq = [model.eot_token] * 2 + list(ids) + [model.eot_token]
+        for i in range(2, len(seq)):
+            for m in range(3):
+                key = (tuple(seq[i - m : i]), seq[i])
+                brute[m][key] = brute[m].get(key, 0) + 1
+    for m in range(3):
+        got = {(ctx, tok): c for ctx, counter in model.counts[m].items() for tok, c in counter.items()}
+        assert got == brute[m]
+        assert dict(model.totals[m]) == {ctx: sum(c for (x, _), c in brute[m].items() if x == ctx)
+                                         for ctx in {x for x, _ in brute[m]}}
+
+
+def test_predecessors_counts_distinct_left_neighbours():
+    model = NGramModel(2, vocab_size=5, eot_token=4).fit([[0, 1, 2], [3, 1], [0, 1, 1]])
+    assert model.predecessors(1) == 3  # after 0, 3 and 1
+    assert model.predecessors(0) == 1  # only ever at a story start (after eot)
+    assert model.predecessors(4) == 2  # the stories end with 2, 1 and 1
+    with pytest.raises(ValueError, match="n >= 2"):
+        NGramModel(1, vocab_size=5, eot_token=4).predecessors(0)
+    with pytest.raises(ValueError, match="token=9"):
+        model.predecessors(9)

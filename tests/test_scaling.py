@@ -16,6 +16,7 @@ from slmbook.scaling import (
     compute_optimal_tokens,
     count_parameters,
     embedding_share,
+    exact_match,
     kaplan_loss,
     kaplan_optimal_params,
     training_flops,
@@ -112,3 +113,15 @@ def test_bad_arguments_raise():
         kaplan_loss()
     with pytest.raises(TypeError, match="config"):
         count_parameters({"dim": 64})
+
+
+def test_exact_match_is_the_product_of_independent_tokens():
+    rng = np.random.default_rng(0)
+    p, k = 0.8, 5
+    draws = rng.random((200_000, k)) < p  # simulated answers, each token right with probability p
+    assert exact_match(p, k) == pytest.approx(draws.all(axis=1).mean(), abs=0.005)
+    assert exact_match(np.array([0.0, 0.5, 1.0]), 3).tolist() == [0.0, 0.125, 1.0]
+    with pytest.raises(ValueError, match="k=0"):
+        exact_match(0.5, 0)
+    with pytest.raises(ValueError, match="per_token_accuracy=1.5"):
+        exact_match(1.5, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from slmbook.exercises import Result, verdict
+from slmbook.exercises import Result, not_attempted, verdict
 from slmbook.positional import RotaryEmbedding, rope_wavelengths
 
 
@@ -16,9 +16,15 @@ def slowest_pair_wavelength(head_dim: int = 128, theta: float = 1_000_000.0) -> 
 def check_slowest_pair_turn(answer) -> Result:
     """Qwen3 uses head_dim=128 and theta=1,000,000. After how many positions has its slowest pair
     turned once around the circle (2*pi radians)? A float; 0.1% tolerance."""
+    name = "chapter 7: the slowest RoPE pair"
+    if answer is None:
+        return not_attempted(name)
+    if isinstance(answer, torch.Tensor):
+        return Result(name, "wrong", f"your answer is a tensor ({answer.dtype}, shape {tuple(answer.shape)}): give "
+                                     "one Python number, e.g. float(t) or t.item() for a one-element tensor")
     expected = slowest_pair_wavelength()
-    ok = isinstance(answer, (int, float)) and abs(answer - expected) <= 1e-3 * expected
-    return verdict("chapter 7: the slowest RoPE pair", answer, ok,
+    ok = isinstance(answer, (int, float)) and not isinstance(answer, bool) and abs(answer - expected) <= 1e-3 * expected
+    return verdict(name, answer, ok,
                    hint="pair i turns by theta**(-2i/head_dim) radians per position; the slowest is "
                         "i = head_dim/2 - 1; one turn is 2*pi radians",
                    success=f"correct: about {expected:,.0f} positions, far more than Qwen3's 40,960-token "
@@ -31,7 +37,7 @@ def check_rope_rotation(fn) -> Result:
     hint = ("pair i is (x[i], x[i + head_dim/2]); turn it by angle position * theta**(-2i/head_dim): "
             "(a, b) -> (a cos - b sin, a sin + b cos)")
     if fn is None:
-        return verdict("chapter 7: RoPE by hand", None, False, hint=hint)
+        return not_attempted("chapter 7: RoPE by hand")
     generator = torch.Generator().manual_seed(7)
     for head_dim, theta, position in ((4, 10_000.0, 3), (16, 10_000.0, 27), (64, 1_000_000.0, 250)):
         x = torch.randn(head_dim, generator=generator, dtype=torch.float64)
