@@ -1,6 +1,7 @@
 """Device description and measurements: sane positive numbers and clear errors (no timing asserts:
 a timing is a benchmark, not a pass/fail test)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -96,3 +97,92 @@ def test_median_seconds_takes_the_median_of_the_timed_calls(monkeypatch):
 
     assert hardware.median_seconds(fn, torch.device("cpu"), repeats=5, warmup=1) == 4.0
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize("name,sms,cores,capability", [
+    ("NVIDIA H100 80GB HBM3", 132, 16896, (9, 0)),  # Hopper whitepaper: 132 SMs x 128 FP32 lanes
+    ("NVIDIA A100-SXM4-80GB", 108, 6912, (8, 0)),  # Ampere GA100: 108 SMs x 64
+    ("Tesla T4", 40, 2560, (7, 5)),  # Turing TU104 as shipped in the T4
+    ("NVIDIA GeForce RTX 4090", 128, 16384, (8, 9)),
+])
+def test_peak_table_architecture(name, sms, cores, capability):
+    peak = hardware.known_peak(name)
+    assert (peak.sms, peak.fp32_cores, peak.compute_capability) == (sms, cores, capability)
+
+
+def test_native_bf16_entries_follow_the_compute_capability():
+    from slmbook.env import NATIVE_BF16
+
+    for _, peak in hardware.PEAK_TABLE:
+        assert ("bf16" in peak.tflops) == (peak.compute_capability >= NATIVE_BF16), peak.name
+        assert peak.fp32_cores % peak.sms == 0 and peak.fp32_cores // peak.sms in (64, 128), peak.name
+
+
+def test_training_precision_is_the_precision_plan_rule():
+    assert hardware.training_precision(hardware.known_peak("NVIDIA H100 80GB HBM3")) == "bf16"
+    assert hardware.training_precision(hardware.known_peak("Tesla T4")) == "fp16"
+    old = dataclasses.replace(hardware.known_peak("Tesla T4"), compute_capability=(6, 1))
+    assert hardware.training_precision(old) == "fp32"
+
+
+def test_gpu_options_rows():
+    h100, t4 = hardware.known_peak("NVIDIA H100 80GB HBM3"), hardware.known_peak("Tesla T4")
+    rows = hardware.gpu_options({"small": 11e9, "large": 60e9}, train_flops=3.6e15, mfu=0.5, headroom=1.5,
+                                peaks=[h100, t4])
+    assert [r["gpu"] for r in rows] == ["H100 SXM", "T4"]
+    assert rows[0]["small"] and not rows[0]["large"]  # 16.5 GB and 90 GB against 80 GB
+    assert rows[0]["hours"] == pytest.approx(3.6e15 / (0.5 * 989.4e12) / 3600)
+    assert rows[1]["trains in"] == "fp16" and rows[1]["native bf16"] is False
+    assert rows[1]["hours"] == pytest.approx(3.6e15 / (0.5 * 65e12) / 3600)
+    assert not rows[1]["small"]  # 11 GB fits in 16 GB, but not with the 1.5 x headroom
+    assert hardware.gpu_options({"small": 11e9}, 1.0, peaks=[t4])[0]["small"]
+    with pytest.raises(ValueError, match="headroom=0.5"):
+        hardware.gpu_options({"x": 1.0}, 1.0, headroom=0.5)
+    with pytest.raises(ValueError, match=r"needs\['x'\]=0"):
+        hardware.gpu_options({"x": 0}, 1.0)
+    with pytest.raises(ValueError, match="mfu=0"):
+        hardware.gpu_options({"x": 1.0}, 1.0, mfu=0)
+
+
+def test_overhead_and_its_ceiling():
+    for dtype in ("fp32", "bf16"):
+        seconds = hardware.call_overhead_seconds("cpu", dtype, repeats=20, trials=2)
+        assert 0 < seconds < 0.1 and math.isfinite(seconds)
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        hardware.call_overhead_seconds("cpu", "int8")
+    assert hardware.overhead_ceiling_tflops(100, 1e-6) == pytest.approx(2e6 / 1e-6 / 1e12)
+    with pytest.raises(ValueError, match="overhead_seconds=0"):
+        hardware.overhead_ceiling_tflops(8, 0)
+
+
+def test_thread_scaling_restores_the_thread_count():
+    before = torch.get_num_threads()
+    rates = hardware.matmul_thread_scaling([1], size=32, repeats=2, trials=1)
+    assert list(rates) == [1] and rates[1] > 0
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads item=0"):
+        hardware.matmul_thread_scaling([0])
+
+
+def test_op_calls_against_the_aten_operations():
+    a, b = torch.ones(4, 8), torch.ones(4, 8)
+    calls = hardware.op_calls(lambda: a + b)
+    assert calls == [hardware.OpCall("add", 2 * 4 * 8 * 4, 4 * 8 * 4)]
+    x = torch.randn(3, 16)
+    names = [c.name for c in hardware.op_calls(lambda: torch.nn.functional.layer_norm(x, (16,)))]
+    assert names == ["native_layer_norm"]  # one fused ATen kernel
+
+
+def test_gpu_measurements_in_the_repository():
+    files = hardware.gpu_measurement_files()
+    assert files, "benchmarks/results/gpu_measurements_*.json ships with the repository"
+    data = hardware.load_gpu_measurements(files[0])
+    assert data["hardware"]["gpu"] and data["memory"][0]["measured_peak"] > 0
+    assert hardware.gpu_measurement_files("/nonexistent/folder") == []
+
+
+def test_load_gpu_measurements_refuses_other_json(tmp_path):
+    path = tmp_path / "gpu_measurements_x.json"
+    path.write_text('{"hardware": {}}')
+    with pytest.raises(ValueError, match="missing"):
+        hardware.load_gpu_measurements(path)

@@ -1,11 +1,11 @@
-"""Chapter 10's exercises: RMSNorm by hand and the size of a SwiGLU layer."""
+"""Chapter 10's exercises: RMSNorm by hand, and the GELU layer as large as one of Qwen3's SwiGLU layers."""
 
 from __future__ import annotations
 
 import torch
 
 from slmbook.config import QWEN3_0_6B
-from slmbook.exercises import Result, exact_int, verdict
+from slmbook.exercises import Result, exact_int, not_attempted, verdict
 from slmbook.norms import RMSNorm
 
 
@@ -14,7 +14,7 @@ def check_rmsnorm(fn) -> Result:
     name = "chapter 10: RMSNorm by hand"
     hint = "divide x by sqrt(mean(x**2 over the last dim) + eps), then multiply by weight"
     if fn is None:
-        return verdict(name, None, False, hint=hint)
+        return not_attempted(name)
     generator = torch.Generator().manual_seed(10)
     for shape, eps in (((4,), 1e-6), ((3, 8), 1e-5), ((2, 5, 32), 1e-6)):
         x = torch.randn(shape, generator=generator, dtype=torch.float64) * 3 + 1
@@ -32,12 +32,16 @@ def check_rmsnorm(fn) -> Result:
     return verdict(name, fn, True, hint=hint, success="correct: your RMSNorm matches slmbook's")
 
 
-def check_qwen3_swiglu_parameters(answer) -> Result:
-    """How many parameters has one SwiGLU feed-forward layer of Qwen3-0.6B (no biases)?"""
-    expected = 3 * QWEN3_0_6B.dim * QWEN3_0_6B.hidden_dim
-    return verdict("chapter 10: Qwen3-0.6B SwiGLU parameters", answer,
-                   ok=exact_int(answer, expected),
-                   hint="three matrices: gate_proj and up_proj (dim x hidden_dim) and down_proj (hidden_dim x dim); "
-                        "QWEN3_0_6B has dim 1024 and hidden_dim 3072",
-                   success=f"correct: {expected:,} per layer, {QWEN3_0_6B.n_layers * expected:,} over the "
-                           f"{QWEN3_0_6B.n_layers} layers")
+def check_gelu_hidden_matching_qwen3_swiglu(answer) -> Result:
+    """A GELU feed-forward layer (up_proj and down_proj, no biases) of width QWEN3_0_6B.dim: which
+    hidden size gives it exactly the parameters of one of Qwen3-0.6B's SwiGLU layers? An integer."""
+    name = "chapter 10: a GELU layer as large as Qwen3's SwiGLU"
+    if answer is None:
+        return not_attempted(name)
+    swiglu = 3 * QWEN3_0_6B.dim * QWEN3_0_6B.hidden_dim
+    expected = swiglu // (2 * QWEN3_0_6B.dim)
+    return verdict(name, answer, ok=exact_int(answer, expected),
+                   hint="SwiGLU has three dim x hidden_dim matrices (gate_proj, up_proj, down_proj), a GELU "
+                        "layer two (up_proj, down_proj); set 2 x dim x h equal to the SwiGLU count and solve for h",
+                   success=f"correct: {expected:,}, 1.5 x Qwen3's hidden_dim of {QWEN3_0_6B.hidden_dim:,}: the "
+                           f"same {swiglu:,} parameters spent on one wider matrix pair instead of a gate")
