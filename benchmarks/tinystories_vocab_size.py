@@ -55,17 +55,27 @@ def prefix(tokenizer: BPETokenizer, size: int) -> BPETokenizer:
                         tokenizer.pattern, tokenizer_name(size))
 
 
-def train_reader(encoding, steps: int | None, folder: Path) -> dict:
-    """The reader preset with `encoding`'s vocabulary, trained on the shipped sample tokenized with it."""
+def train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None = None) -> dict:
+    """The reader preset with `tokenizer`'s vocabulary, trained on the shipped sample tokenized with it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _train_reader(tokenizer, steps, threads, Path(tmp))
+
+
+def _train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None, folder: Path) -> dict:
     from slmbook.data import SAMPLE_FILES, resource_path
     from slmbook.dataloader import prepare_token_files
     from slmbook.training import Trainer, training_preset
 
+    if threads:
+        torch.set_num_threads(threads)
+    encoding = tokenizer.to_tiktoken()
     prepare_token_files([resource_path("tinystories", SAMPLE_FILES["train"])], encoding, folder,
                         validation=[resource_path("tinystories", SAMPLE_FILES["validation"])], progress=False)
     preset = training_preset("reader")
-    config = preset.replace(model=preset.model.replace(vocab_size=encoding.n_vocab), steps=steps or preset.steps,
-                            device="cpu", eval_interval=0, sample_tokens=0)
+    steps = steps or preset.steps
+    config = preset.replace(model=preset.model.replace(vocab_size=encoding.n_vocab), steps=steps,
+                            warmup_steps=preset.warmup_steps * steps // preset.steps, device="cpu", eval_interval=0,
+                            sample_tokens=0)
     trainer = Trainer(config, folder / "train.bin", folder / "validation.bin", encoding=encoding, progress=False)
     load = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), time.process_time()
@@ -76,19 +86,30 @@ def train_reader(encoding, steps: int | None, folder: Path) -> dict:
     return {"parameters": trainer.model.num_parameters(), "steps": config.steps, "train_s": wall, "cpu_s": cpu,
             "load_before": load, "load_after": os.getloadavg()[0], "val_loss": result["val_loss"],
             "val_bpb": result["val_bpb"], "epochs": trainer.train_data.epochs(config.steps),
-            "sample": trainer.sample(60, seed=0)}
+            "sample": trainer.sample(60, seed=0), "torch_threads": torch.get_num_threads()}
 
 
-def run(source: str | None, sizes: list[int], train: bool, steps: int | None) -> dict:
+def run(source: str | None, sizes: list[int], train: bool, steps: int | None, jobs: int = 1,
+        threads: int | None = None) -> dict:
     from slmbook.hardware import cpu_name
     from slmbook.tinystories_tokenizer import tinystories_tokenizer, train_tokenizer
     from slmbook.tokenizer import gpt2_encoding
+    from slmbook.training import training_preset
 
     largest, provenance = train_tokenizer(source, max(sizes))
     shipped = tinystories_tokenizer()
     stories = validation_stories()
     n_bytes = sum(len(s.encode("utf-8")) for s in stories)
-    rows = []
+    rows, models = [], {}
+    if train:  # `jobs` models at a time, each in its own process
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = {size: pool.submit(train_reader, prefix(largest, size), steps, threads) for size in sizes}
+            for size, future in futures.items():
+                models[size] = future.result()
+                print(f"vocabulary {size:,}: {models[size]['val_bpb']:.3f} bits/byte, {models[size]['train_s']:.0f} s",
+                      flush=True)
     for size in sizes:
         tokenizer = prefix(largest, size)
         encoding = tokenizer.to_tiktoken()
@@ -102,10 +123,7 @@ def run(source: str | None, sizes: list[int], train: bool, steps: int | None) ->
             row[f"{label}_embedding_parameters"] = count_parameters(config) - count_parameters(config, embeddings=False)
             row[f"{label}_embedding_share"] = embedding_share(config)
         if train:
-            with tempfile.TemporaryDirectory() as tmp:
-                row["reader_model"] = train_reader(encoding, steps, Path(tmp))
-            print(f"{tokenizer.name}: {row['reader_model']['val_bpb']:.3f} bits/byte in "
-                  f"{row['reader_model']['train_s']:.0f} s", flush=True)
+            row["reader_model"] = models[size]
         rows.append(row)
     gpt2 = gpt2_encoding()
     tokens = sum(map(len, gpt2.encode_ordinary_batch(stories)))
@@ -116,9 +134,9 @@ def run(source: str | None, sizes: list[int], train: bool, steps: int | None) ->
                                  ("embedding_parameters", gpt2.n_vocab * shape.dim),
                                  ("embedding_share", embedding_share(shape.replace(vocab_size=gpt2.n_vocab))))}})
     return {"source": provenance, "validation_stories": len(stories), "validation_bytes": n_bytes,
-            "hardware": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                         "python": platform.python_version(), "torch": torch.__version__},
-            "reader_preset": {"model": READER.to_dict(), "steps": steps}, "rows": rows}
+            "hardware": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                         "torch": torch.__version__},
+            "jobs": jobs, "reader_preset": training_preset("reader").to_dict(), "steps": steps, "rows": rows}
 
 
 def report(result: dict, command: str) -> str:
@@ -133,8 +151,10 @@ def report(result: dict, command: str) -> str:
         f"({result['validation_bytes']:,} bytes)",
         f"- model columns: the `reader` preset ({READER.n_layers} layers, dim {READER.dim}) with only its vocabulary "
         f"changed, trained on the shipped sample, bits per byte on all validation stories",
-        f"- hardware: {hw['cpu']}, {hw['cores']} cores, {hw['torch_threads']} torch threads; torch {hw['torch']}, "
-        f"Python {hw['python']}. The machine was shared: the load average is given per run",
+        f"- hardware: {hw['cpu']}, {hw['cores']} cores; torch {hw['torch']}, Python {hw['python']}; "
+        f"{result['jobs']} model(s) trained at a time"
+        + (f", {result['rows'][0]['reader_model']['torch_threads']} torch thread(s) each" if "reader_model" in result["rows"][0] else "")
+        + ". The machine may have been shared: each run's load average (1 minute, at its start) is given",
         "",
         "| tokenizer | vocabulary | bytes/token | tokens/story | reader: embedding share | reader-gpu: embedding share "
         "| reader: parameters | reader: val bits/byte | train s | load avg |",
@@ -164,7 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated vocabulary sizes")
     p.add_argument("--no-train", action="store_true", help="skip the model columns")
     p.add_argument("--steps", type=int, help="training steps of each model (default: the reader preset's)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    p.add_argument("--threads", type=int, help="torch CPU threads of each model (default: torch's, one per core)")
+    p.add_argument("--jobs", type=int, default=1, help="models trained at the same time (default 1)")
     p.add_argument("--out", default=str(RESULTS / "tinystories_vocab_size"), help="output stem (.json and .md)")
     p.add_argument("--record", action="store_true", help="copy the table into the shipped tokenizer file")
     args = p.parse_args(argv)
@@ -172,9 +193,7 @@ def main(argv=None) -> int:
         sizes = sorted(int(s) for s in args.sizes.split(","))
     except ValueError:
         p.error(f"--sizes={args.sizes!r}: comma-separated integers, e.g. 1024,4096")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args.source, sizes, not args.no_train, args.steps)
+    result = run(args.source, sizes, not args.no_train, args.steps, args.jobs, args.threads)
     shown = [Path(a).name + "/" if prev == "--source" else a for prev, a in zip([None] + argv, argv)]
     command = " ".join(["python benchmarks/tinystories_vocab_size.py", *shown])
     result["command"] = command

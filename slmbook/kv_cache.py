@@ -20,12 +20,20 @@ Three storage strategies, one class:
   attention reads the whole buffer through a mask (key position <= query position). That is what a
   CUDA graph needs: record one step, replay it for every token (`slmbook.generation`, cache="static").
 
+Why stored keys and values stay valid: attention is causal. Token i's hidden state in every layer
+depends only on tokens 0..i, so appending token t changes nothing at the positions before it, and
+their keys and values are the same whether computed now or a step ago (`prefix_kv_change` measures
+it; chapter 9 also shows what would go stale if attention could see the future).
+
 Use: the model reads `cache.length` (tokens stored, hence the position of the next token), or for a
 static cache `cache.begin(new_tokens)` (the positions, as a device tensor); every attention layer
 calls `update(layer, k, v)`, and after the last layer the model calls `advance(new_tokens)`.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
@@ -48,6 +56,43 @@ def config_kv_cache_bytes(config, tokens: int, batch_size: int = 1, dtype=None) 
     """`kv_cache_bytes` for a `QwenConfig` (dtype defaults to the config's)."""
     return kv_cache_bytes(config.n_layers, config.n_kv_heads, config.head_dim, tokens, batch_size,
                           config.dtype if dtype is None else dtype)
+
+
+@torch.no_grad()
+def prefix_kv_change(model, ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Per layer, the largest absolute change of the first `prefix` tokens' keys and values between a
+    pass over `ids[:, :prefix]` and a pass over all of `ids` (batch, tokens): what a cache filled with
+    the short pass would get wrong about the long one. Zero (up to rounding) for causal attention."""
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        raise ValueError(f"ids={ids!r}: expected a (batch, tokens) tensor of token ids")
+    if not isinstance(prefix, int) or not 1 <= prefix < ids.shape[1]:
+        raise ValueError(f"prefix={prefix!r}: must be an integer in 1..{ids.shape[1] - 1} (ids has "
+                         f"{ids.shape[1]} tokens)")
+    short, full = KVCache.for_model(model, ids.shape[0]), KVCache.for_model(model, ids.shape[0])
+    model(ids[:, :prefix], kv_cache=short)
+    model(ids, kv_cache=full)
+    return torch.stack([
+        torch.maximum((short.keys[layer] - full.keys[layer][:, :, :prefix]).abs().max(),
+                      (short.values[layer] - full.values[layer][:, :, :prefix]).abs().max())
+        for layer in range(short.n_layers)
+    ]).float().cpu()
+
+
+def generation_benchmarks(folder: str | Path | None = None) -> dict[str, dict]:
+    """The measurements of `benchmarks/kv_cache_generation.py` by device kind ('cpu', 'cuda'): tokens
+    per second with and without the cache for the book's model, with the hardware named. Read from the
+    source checkout's benchmarks/results/ by default; empty when there are none (a package installed
+    without the repository, e.g. on Colab, has no benchmarks/ folder)."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    results = {}
+    for path in sorted(folder.glob("kv_cache_generation_*.json")) if folder.is_dir() else []:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        missing = [key for key in ("hardware", "rows", "config", "parameters") if key not in data]
+        if missing:
+            raise ValueError(f"{path}: not a kv_cache_generation results file (missing {missing}); "
+                             "benchmarks/kv_cache_generation.py writes them")
+        results[path.stem.removeprefix("kv_cache_generation_")] = data
+    return results
 
 
 class KVCache:

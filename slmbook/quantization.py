@@ -22,7 +22,7 @@ what bitsandbytes and GPTQ-style kernels do, minus the fused kernel); `quantize_
 model's linear layers for them. `to_bitsandbytes` does the same with the library's LLM.int8
 (`Linear8bitLt`, outliers kept in 16 bits) and 4-bit NF4/FP4 layers (`Linear4bit`), which run on a
 CPU in bitsandbytes 0.50 (no GPU needed). `compare_methods` builds the chapter's table: bits per
-weight, bytes, perplexity on held-out stories and its change, tokens per second.
+weight, bytes, perplexity on held-out stories and its change, the time of a forward pass.
 """
 
 from __future__ import annotations
@@ -346,11 +346,22 @@ def bitsandbytes_linear(linear: nn.Linear, method: str, threshold: float = 6.0, 
                                   compress_statistics=double_quant, quant_type=method)
         layer.weight = bnb.nn.Params4bit(weight.cpu(), requires_grad=False, quant_type=method,
                                          blocksize=blocksize, compress_statistics=double_quant)
-        if hasattr(layer, "support_avx512bf16_for_cpu"):
-            layer.support_avx512bf16_for_cpu = layer.support_avx512bf16_for_cpu and cpu_bf16_kernel
+        if not cpu_bf16_kernel:
+            portable_bitsandbytes(layer)
     if has_bias:
         layer.bias = nn.Parameter(linear.bias.detach().clone().cpu(), requires_grad=False)
     return layer.to(device)  # moving the parameter to a device is what quantizes it
+
+
+def portable_bitsandbytes(model: nn.Module) -> nn.Module:
+    """Keep every bitsandbytes 4-bit layer of `model` (in place; ours or one transformers loaded) on
+    the portable CPU path: on processors with AVX512-BF16, bitsandbytes would otherwise repack the
+    weight at the first forward pass in eval mode and multiply in bfloat16, so the same model would
+    give different numbers on different CPUs. No effect on GPUs or on LLM.int8 layers."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def to_bitsandbytes(model: nn.Module, method: str, skip=("lm_head",), **options) -> nn.Module:
@@ -393,9 +404,7 @@ def _is_quantizable_linear(module) -> bool:
     return type(module) in (nn.Linear, QuantizedLinear) or type(module).__name__ in ("Linear8bitLt", "Linear4bit")
 
 
-def linear_weight_bits(model: nn.Module, skip=("lm_head",)) -> float:
-    """Average bits per weight of the linear layers (except `skip`): stored bytes of their weights and
-    quantization state (biases excluded) * 8 / number of weights."""
+def _linear_bytes_and_weights(model: nn.Module, skip) -> tuple[int, int]:
     total_bytes, total_weights = 0, 0
     for name, module in model.named_modules():
         if not _is_quantizable_linear(module) or _skipped(name, skip):
@@ -405,6 +414,19 @@ def linear_weight_bits(model: nn.Module, skip=("lm_head",)) -> float:
         total_weights += module.in_features * module.out_features
     if total_weights == 0:
         raise ValueError("the model has no linear layers outside skip=" + repr(skip))
+    return total_bytes, total_weights
+
+
+def linear_weight_bytes(model: nn.Module, skip=("lm_head",)) -> int:
+    """Bytes the linear layers (except `skip`) store for their weights: codes, scales and
+    quantization state (biases excluded). The memory that quantization saves."""
+    return _linear_bytes_and_weights(model, skip)[0]
+
+
+def linear_weight_bits(model: nn.Module, skip=("lm_head",)) -> float:
+    """Average bits per weight of the linear layers (except `skip`): `linear_weight_bytes` * 8 /
+    number of weights."""
+    total_bytes, total_weights = _linear_bytes_and_weights(model, skip)
     return 8 * total_bytes / total_weights
 
 
@@ -442,27 +464,41 @@ def apply_method(model: nn.Module, method: str) -> nn.Module:
     return quantize_model(model, **spec)
 
 
-def evaluation_batches(tokens, context: int, batch_size: int, max_windows: int | None = None) -> list[tuple]:
-    """Held-out (input_ids, targets) batches: consecutive, non-overlapping windows of a token stream,
-    window i = tokens[i*context : i*context + context + 1], the windows the training engine
-    (slmbook.training.Trainer.evaluate) scores, so perplexities are comparable with training's."""
+def evaluation_batches(tokens, context: int, batch_size: int, max_windows: int | None = None,
+                       spread: bool = False) -> list[tuple]:
+    """Held-out (input_ids, targets) batches: non-overlapping windows of a token stream, window
+    i = tokens[i*context : i*context + context + 1], the windows the training engine
+    (slmbook.training.Trainer.evaluate) scores, so perplexities are comparable with training's.
+
+    `max_windows` keeps the first ones, or with `spread=True` that many spaced evenly over the whole
+    stream: a sample of every part of the held-out text (all the validation stories, not the first few)."""
     tokens = torch.as_tensor(tokens).long().reshape(-1)
     for name, value in (("context", context), ("batch_size", batch_size)):
         positive_int(name, value)
-    windows = (tokens.numel() - 1) // context
     if max_windows is not None:
-        windows = min(windows, max_windows)
+        positive_int("max_windows", max_windows)
+    windows = (tokens.numel() - 1) // context
     if windows < 1:
         raise ValueError(f"tokens: {tokens.numel()} ids are too few for one window of context={context}")
-    offsets = torch.arange(windows)[:, None] * context + torch.arange(context + 1)
+    starts = torch.arange(windows)
+    if max_windows is not None and max_windows < windows:
+        starts = torch.linspace(0, windows - 1, max_windows).round().long() if spread else starts[:max_windows]
+    offsets = starts[:, None] * context + torch.arange(context + 1)
     chunks = tokens[offsets]
     return [(c[:, :-1], c[:, 1:]) for c in chunks.split(batch_size)]
 
 
+def logits_of(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The logits of `model` on `inputs`: our models return them, transformers' models return an
+    output object that holds them (`.logits`), so both are scored by the same code."""
+    out = model(inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
 @torch.no_grad()
 def evaluate_nll(model: nn.Module, batches) -> tuple[float, int, float]:
-    """(mean negative log-likelihood in nats per token, tokens scored, seconds) of `model` on
-    `batches` of (input_ids, targets), with `slmbook.metrics.cross_entropy`."""
+    """(mean negative log-likelihood in nats per token, tokens scored, seconds) of `model` (ours or
+    a transformers causal LM) on `batches` of (input_ids, targets), with `slmbook.metrics.cross_entropy`."""
     from slmbook.metrics import cross_entropy
 
     model.eval()
@@ -470,7 +506,7 @@ def evaluate_nll(model: nn.Module, batches) -> tuple[float, int, float]:
     total, count = 0.0, 0
     start = time.perf_counter()
     for inputs, targets in batches:
-        logits = model(inputs.to(device))
+        logits = logits_of(model, inputs.to(device))
         total += cross_entropy(logits, targets.to(device), reduction="sum").item()
         count += targets.numel()
     if count == 0:
@@ -478,9 +514,24 @@ def evaluate_nll(model: nn.Module, batches) -> tuple[float, int, float]:
     return total / count, count, time.perf_counter() - start
 
 
-def compare_methods(model: nn.Module, batches, methods=None, evaluate=None) -> list[dict]:
-    """The chapter's table: for each method, bits per linear weight, model bytes, perplexity on
-    `batches`, its change against fp32 (the first row), and evaluation tokens per second.
+@torch.no_grad()
+def forward_seconds(model: nn.Module, inputs: torch.Tensor, repeats: int = 5) -> float:
+    """Median wall-clock seconds of one forward pass of `model` on `inputs` (after one untimed pass):
+    the speed column of the chapter's table, robust to one slow call."""
+    from slmbook.hardware import median_seconds
+
+    positive_int("repeats", repeats)
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = inputs.to(device)
+    return median_seconds(lambda: logits_of(model, inputs), device, repeats=repeats, warmup=1)
+
+
+def compare_methods(model: nn.Module, batches, methods=None, evaluate=None, repeats: int = 3) -> list[dict]:
+    """The chapter's table: for each method, bits per linear weight, bytes of the linear weights and
+    of the whole model, perplexity on `batches`, its change against fp32 (the first row), evaluation
+    tokens per second, and the median time of one forward pass on the first batch (`repeats` timed
+    passes; 0 skips the timing).
 
     `evaluate(model, batches) -> (mean_nll, tokens, seconds)` defaults to `evaluate_nll`; pass the
     training engine's evaluation to use exactly the code that reports validation loss in training.
@@ -488,14 +539,17 @@ def compare_methods(model: nn.Module, batches, methods=None, evaluate=None) -> l
     methods = list(METHODS) if methods is None else list(methods)
     evaluate = evaluate or evaluate_nll
     batches = list(batches)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
+        raise ValueError(f"repeats={repeats!r}: must be an integer >= 0 (0: no timing)")
     rows = []
     for method in methods:
         quantized = apply_method(model, method)
         # sizes first: some bitsandbytes kernels repack their weights at the first forward pass
         row = {"method": method, "bits_per_weight": linear_weight_bits(quantized),
-               "model_bytes": model_bytes(quantized)}
+               "weight_bytes": linear_weight_bytes(quantized), "model_bytes": model_bytes(quantized)}
         nll, tokens, seconds = evaluate(quantized, batches)
-        row.update(perplexity=math.exp(nll), tokens_per_s=tokens / seconds if seconds > 0 else math.inf)
+        row.update(perplexity=math.exp(nll), tokens_per_s=tokens / seconds if seconds > 0 else math.inf,
+                   forward_seconds=forward_seconds(quantized, batches[0][0], repeats) if repeats else math.nan)
         rows.append(row)
         del quantized
     base = next((r["perplexity"] for r in rows if r["method"] == "fp32"), rows[0]["perplexity"])
@@ -504,14 +558,18 @@ def compare_methods(model: nn.Module, batches, methods=None, evaluate=None) -> l
     return rows
 
 
-def format_table(rows: list[dict], timings: bool = True) -> str:
-    """The table as aligned text (tokens/s optional: timings differ from run to run)."""
-    head = f"{'method':30s} {'bits/weight':>11s} {'model MB':>9s} {'perplexity':>10s} {'vs fp32':>8s}"
-    lines = [head + (f" {'eval speed':>17s}" if timings else "")]
+def format_table(rows: list[dict], timings: bool = True, digits: int = 3) -> str:
+    """The table as aligned text: perplexity with `digits` decimals, and (optional: they differ from
+    run to run) the median time of one forward pass in ms."""
+    if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 6:
+        raise ValueError(f"digits={digits!r}: must be an integer 0..6")
+    head = (f"{'method':28s} {'bits/weight':>11s} {'linear MB':>10s} {'model MB':>9s} {'perplexity':>10s} "
+            f"{'vs fp32':>8s}")
+    lines = [head + (f" {'forward':>10s}" if timings else "")]
     for r in rows:
-        line = (f"{r['method']:30s} {r['bits_per_weight']:11.2f} {r['model_bytes'] / 1e6:9.3f} "
-                f"{r['perplexity']:10.3f} {100 * r['perplexity_change']:+7.2f}%")
+        line = (f"{r['method']:28s} {r['bits_per_weight']:11.2f} {r['weight_bytes'] / 1e6:10.3f} "
+                f"{r['model_bytes'] / 1e6:9.3f} {r['perplexity']:10.{digits}f} {100 * r['perplexity_change']:+7.2f}%")
         if timings:
-            line += f" {r['tokens_per_s']:10,.0f} tokens/s"
+            line += f" {1e3 * r['forward_seconds']:7.1f} ms"
         lines.append(line)
     return "\n".join(lines)

@@ -17,8 +17,8 @@ to a validation story left out: the tokenizer never sees the stories the book's 
 The shipped file was built by the second command with DIR = all the TinyStories text at hand (its
 "provenance" entry lists the files and counts), then `python benchmarks/tinystories_vocab_size.py
 --source DIR --record` added the measurement that chose its size (`vocabulary_study()`). The default
-source, the stories shipped with the package, is a tenth of that text: its merges agree with the
-shipped ones at first, then drift.
+source, the stories shipped with the package, is a tenth of that text: a tokenizer rebuilt from it
+shares about 84% of its tokens (as byte strings) with the shipped one.
 """
 
 from __future__ import annotations

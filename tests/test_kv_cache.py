@@ -134,3 +134,36 @@ def test_bad_updates_and_formula_arguments():
         kv_cache_bytes(2, 2, 4, -1)
     with pytest.raises(ValueError, match="dtype='fp8'"):
         kv_cache_bytes(2, 2, 4, 1, dtype="fp8")
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
+def test_cached_keys_and_values_stay_valid_only_under_causal_attention(attn_impl):
+    from slmbook.kv_cache import prefix_kv_change
+
+    torch.manual_seed(0)
+    model = QwenModel(CONFIG, attn_impl=attn_impl).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    assert torch.all(prefix_kv_change(model, ids, 11) < 1e-5)  # causal: appending a token changes nothing
+    for layer in model.layers:
+        layer.self_attn.causal = False
+    drift = prefix_kv_change(model, ids, 11)
+    assert drift[0] < 1e-5  # layer 0's keys and values are a function of each token alone
+    assert torch.all(drift[1:] > 1e-3)  # deeper ones mix in the future token once attention can see it
+    with pytest.raises(ValueError, match="prefix"):
+        prefix_kv_change(model, ids, 12)
+
+
+def test_generation_benchmarks_are_read_from_the_results_folder(tmp_path):
+    from slmbook.kv_cache import generation_benchmarks
+
+    results = generation_benchmarks()
+    assert {"cpu", "cuda"} <= set(results)
+    for data in results.values():
+        assert data["hardware"]["device"] in ("cpu", "cuda")
+        for row in data["rows"]:  # the stored speed-ups are the ratios of the stored rates
+            assert abs(row["speedup"] - row["cache_tokens_per_s"] / row["no_cache_tokens_per_s"]) < 1e-6 * row["speedup"]
+    assert generation_benchmarks(tmp_path) == {}  # no results (a package without benchmarks/): nothing
+    assert generation_benchmarks(tmp_path / "absent") == {}
+    (tmp_path / "kv_cache_generation_odd.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="missing"):
+        generation_benchmarks(tmp_path)

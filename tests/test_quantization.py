@@ -311,8 +311,17 @@ def test_compare_methods_table():
     assert rows["fp32"]["perplexity"] == pytest.approx(fp32, rel=1e-4)
     assert rows["int8 absmax per-channel"]["perplexity"] == pytest.approx(int8, rel=1e-4)
     assert rows["int8 absmax per-channel"]["perplexity_change"] == pytest.approx(int8 / fp32 - 1, abs=1e-4)
+    assert all(r["forward_seconds"] > 0 for r in rows.values())
+    assert rows["int8 absmax per-channel"]["weight_bytes"] == qz.linear_weight_bytes(
+        qz.quantize_model(m, bits=8, scheme="absmax", granularity="channel"))
     text = qz.format_table(list(rows.values()), timings=False)
-    assert "bnb nf4" in text and "tokens/s" not in text
+    assert "bnb nf4" in text and " ms" not in text
+    assert " ms" in qz.format_table(list(rows.values()))
+    assert f"{rows['fp32']['perplexity']:.1f} " in qz.format_table(list(rows.values()), digits=1)
+    with pytest.raises(ValueError, match="digits=-1"):
+        qz.format_table(list(rows.values()), digits=-1)
+    with pytest.raises(ValueError, match="repeats=-1"):
+        qz.compare_methods(m, batches, ["fp32"], repeats=-1)
     with pytest.raises(ValueError, match="method='int2'"):
         qz.apply_method(m, "int2")
 
@@ -327,3 +336,75 @@ def test_pooled_error_bits_equal_the_quantized_model_and_errors_the_concatenated
     original = torch.cat([m.get_submodule(n).weight.detach().flatten() for n in names])
     approx = torch.cat([quantized.get_submodule(n).weight.flatten() for n in names])  # what the layers use
     assert pooled["sqnr_db"] == pytest.approx(qz.error_stats(original, approx)["sqnr_db"], rel=1e-6)
+
+
+def test_linear_weight_bytes_count_codes_scales_and_absmax():
+    m = model()
+    weights = sum(mod.weight.numel() for n, mod in m.named_modules()
+                  if type(mod) is torch.nn.Linear and not n.endswith("lm_head"))
+    rows = sum(mod.out_features for n, mod in m.named_modules()
+               if type(mod) is torch.nn.Linear and not n.endswith("lm_head"))
+    assert qz.linear_weight_bytes(m) == 4 * weights
+    assert qz.linear_weight_bytes(qz.quantize_model(m, bits=8, granularity="channel")) == weights + 4 * rows
+    assert qz.linear_weight_bytes(qz.to_bitsandbytes(m, "int8")) == weights + 4 * rows  # int8 codes + fp32 SCB
+    assert qz.linear_weight_bytes(qz.to_bitsandbytes(m, "nf4", double_quant=False)) == weights // 2 + 4 * weights // 64
+
+
+def test_portable_bitsandbytes_turns_the_bf16_kernel_off_everywhere():
+    m = qz.to_bitsandbytes(model(), "nf4", cpu_bf16_kernel=True)
+    layers = [mod for mod in m.modules() if type(mod).__name__ == "Linear4bit"]
+    assert layers and qz.portable_bitsandbytes(m) is m
+    assert not any(layer.support_avx512bf16_for_cpu for layer in layers)
+
+
+def test_forward_seconds_is_a_positive_median_and_checks_repeats():
+    m = model()
+    ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert qz.forward_seconds(m, ids, repeats=3) > 0
+    with pytest.raises(ValueError, match="repeats=0"):
+        qz.forward_seconds(m, ids, repeats=0)
+
+
+def test_transformers_bitsandbytes_config_builds_the_layers_of_to_bitsandbytes(tmp_path):
+    """Our checkpoint folder loaded by transformers with a BitsAndBytesConfig computes the logits of our
+    own bitsandbytes swap, and scores the same perplexity through evaluate_nll (output objects too)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers needs it to quantize while loading
+    from slmbook.checkpoint import save_checkpoint
+
+    qz.import_bitsandbytes()
+    m = model()
+    save_checkpoint(tmp_path / "ck", m)
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(3))
+    batches = qz.evaluation_batches(torch.randint(0, 97, (200,), generator=torch.Generator().manual_seed(4)), 16, 4)
+    cases = {
+        "int8": (transformers.BitsAndBytesConfig(load_in_8bit=True), qz.to_bitsandbytes(m, "int8")),
+        "nf4": (transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                bnb_4bit_compute_dtype=torch.float32),
+                qz.to_bitsandbytes(m, "nf4", double_quant=False)),
+        "fp4 double": (transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4",
+                                                       bnb_4bit_use_double_quant=True,
+                                                       bnb_4bit_compute_dtype=torch.float32),
+                       qz.to_bitsandbytes(m, "fp4")),
+    }
+    for name, (config, ours) in cases.items():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ck", quantization_config=config,
+                                                               dtype=torch.float32, device_map={"": "cpu"})
+        qz.portable_bitsandbytes(hf)
+        with torch.no_grad():
+            assert torch.allclose(hf(ids).logits.float(), ours(ids).float(), atol=1e-4), name
+        assert qz.linear_weight_bytes(hf) == qz.linear_weight_bytes(ours), name
+        assert qz.evaluate_nll(hf, batches)[0] == pytest.approx(qz.evaluate_nll(ours, batches)[0], rel=1e-5), name
+
+
+def test_evaluation_batches_spread_windows_over_the_whole_stream():
+    tokens = torch.arange(1001)  # 100 windows of 10 tokens (+1 target)
+    batches = qz.evaluation_batches(tokens, context=10, batch_size=4, max_windows=5, spread=True)
+    starts = [int(x[0]) for inputs, _ in batches for x in inputs]
+    assert starts == [0, 250, 500, 740, 990]  # windows 0, 25, 50, 74, 99: evenly over the stream
+    first = qz.evaluation_batches(tokens, context=10, batch_size=4, max_windows=5)
+    assert [int(x[0]) for inputs, _ in first for x in inputs] == [0, 10, 20, 30, 40]
+    everything = qz.evaluation_batches(tokens, context=10, batch_size=100, max_windows=500, spread=True)
+    assert everything[0][0].shape == (100, 10)  # asking for more windows than there are gives them all
+    with pytest.raises(ValueError, match="max_windows=0"):
+        qz.evaluation_batches(tokens, context=10, batch_size=4, max_windows=0)

@@ -280,9 +280,9 @@ def test_bad_config_is_refused_naming_parameter_value_and_allowed(change, words)
 
 
 def test_unknown_preset_names_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"config='huge' is unknown; allowed: \['book', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"config='huge' is unknown; allowed: \['book', 'reader', 'reader-gpu', 'tiny'\]"):
         training_preset("huge")
-    assert set(PRESETS) == {"tiny", "book"}
+    assert set(PRESETS) == {"tiny", "book", "reader", "reader-gpu"}
 
 
 def test_save_best_without_validation_data_is_refused(data):
@@ -297,7 +297,7 @@ def test_data_with_a_larger_vocabulary_than_the_model_is_refused(data):
 
 def test_cli_reports_bad_arguments_clearly(capsys):
     assert cli.main(["--config", "huge"]) == 2
-    assert "config='huge' is unknown; allowed: ['book', 'tiny']" in capsys.readouterr().err
+    assert "config='huge' is unknown; allowed: ['book', 'reader', 'reader-gpu', 'tiny']" in capsys.readouterr().err
     assert cli.main(["--steps", "-3"]) == 2
     assert "steps=-3" in capsys.readouterr().err
     assert cli.main(["--batch-size", "6", "--grad-accum", "4"]) == 2
