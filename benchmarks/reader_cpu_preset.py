@@ -148,7 +148,8 @@ def main(argv=None) -> int:
               flush=True)
     summary = {"command": " ".join(["python benchmarks/reader_cpu_preset.py", *argv]), "hardware": hardware(),
                "jobs": args.jobs, "time_only": args.time_only, "load_after_waiting": load, "runs": runs}
-    stem = Path(args.out) if args.out else RESULTS / ("reader_cpu_preset_timing" if args.time_only else "reader_cpu_preset")
+    default = "reader_cpu_preset_timing" if args.time_only else "reader_cpu_preset"
+    stem = Path(args.out) if args.out else RESULTS / default
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     stem.with_suffix(".md").write_text(report(summary))

@@ -153,7 +153,8 @@ def report(result: dict, command: str) -> str:
         f"changed, trained on the shipped sample, bits per byte on all validation stories",
         f"- hardware: {hw['cpu']}, {hw['cores']} cores; torch {hw['torch']}, Python {hw['python']}; "
         f"{result['jobs']} model(s) trained at a time"
-        + (f", {result['rows'][0]['reader_model']['torch_threads']} torch thread(s) each" if "reader_model" in result["rows"][0] else "")
+        + (f", {result['rows'][0]['reader_model']['torch_threads']} torch thread(s) each"
+           if "reader_model" in result["rows"][0] else "")
         + ". The machine may have been shared: each run's load average (1 minute, at its start) is given",
         "",
         "| tokenizer | vocabulary | bytes/token | tokens/story | reader: embedding share | reader-gpu: embedding share "
@@ -213,12 +214,16 @@ def record(result: dict) -> Path:
 
     path = tokenizer_path()
     data = json.loads(path.read_text(encoding="utf-8"))
-    rows = [{k: v for k, v in r.items() if k != "reader_model"}
-            | ({"reader_model": {k: v for k, v in r["reader_model"].items() if k != "sample"}} if "reader_model" in r else {})
-            for r in result["rows"]]
+    rows = []
+    for r in result["rows"]:
+        row = {k: v for k, v in r.items() if k != "reader_model"}
+        if "reader_model" in r:
+            row["reader_model"] = {k: v for k, v in r["reader_model"].items() if k != "sample"}
+        rows.append(row)
     data["provenance"]["vocabulary_study"] = {
-        "command": result["command"], "hardware": result["hardware"], "validation_stories": result["validation_stories"],
-        "validation_bytes": result["validation_bytes"], "trained_on_stories": result["source"]["stories"], "rows": rows}
+        "command": result["command"], "hardware": result["hardware"], "jobs": result["jobs"],
+        "validation_stories": result["validation_stories"], "validation_bytes": result["validation_bytes"],
+        "trained_on_stories": result["source"]["stories"], "rows": rows}
     path.write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
     return path
 

@@ -165,9 +165,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for data/, runs/<variant>/ and model/")
     p.add_argument("--variants", default="base", help=f"comma-separated, from {list(VARIANTS)} (default base)")
     p.add_argument("--device", help="default: cuda if available, else cpu")
-    p.add_argument("--smoke", action="store_true", help="a tiny model for a few steps on 300 shipped stories (CPU, seconds)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny model for a few steps on 300 shipped stories (CPU, seconds)")
     p.add_argument("--time-budget", type=float, default=540, help="seconds; a variant that would not fit is skipped")
-    p.add_argument("--results", help="also write reader_model.{json,md} here (default: benchmarks/results for a full run)")
+    p.add_argument("--results",
+                   help="also write reader_model.{json,md} here (default: benchmarks/results for a full run)")
     args = p.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -209,7 +211,8 @@ def main(argv=None) -> int:
         row = min(history.eval, key=lambda r: r["val_loss"])
         run_summary = summarize(trainer, history, wall)
         result = {
-            "name": name, "changes": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in VARIANTS[name].items()},
+            "name": name,
+            "changes": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in VARIANTS[name].items()},
             "config": config.to_dict(), "parameters": trainer.model.num_parameters(), "steps": config.steps,
             "best_step": row["step"], "best_epoch": trainer.train_data.epochs(row["step"]),
             "best_val_loss": row["val_loss"], "best_val_bpb": row["val_bpb"],

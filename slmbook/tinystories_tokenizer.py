@@ -133,7 +133,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", help="folder of TinyStories .txt files (default: the stories shipped with slmbook)")
     p.add_argument("--out", required=True, help="where to write the tokenizer JSON")
-    p.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help=f"tokens, <|endoftext|> included (default {VOCAB_SIZE})")
+    p.add_argument("--vocab-size", type=int, default=VOCAB_SIZE,
+                   help=f"tokens, <|endoftext|> included (default {VOCAB_SIZE})")
     args = p.parse_args(argv)
     try:
         tokenizer, report = train_tokenizer(args.source, args.vocab_size, progress=True)

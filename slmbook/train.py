@@ -1,6 +1,7 @@
 """Train from the command line: the same `slmbook.training.Trainer` the notebooks call (chapter 14).
 
     python -m slmbook.train --config tiny                         # CPU, shipped sample, minutes
+    python -m slmbook.train --config reader                       # CPU, the reader's model, about a minute
     python -m slmbook.train --config book --device cuda           # chapter 14's run on one GPU
     python -m slmbook.train --config book --steps 500 --batch-size 32 --grad-accum 2 --out runs/try
     torchrun --nproc_per_node 4 -m slmbook.train --config book    # data-parallel on 4 GPUs
@@ -8,7 +9,8 @@
 Data: `--data DIR` holds train.bin and validation.bin made by `slmbook.dataloader`
 (`benchmarks/prepare_tinystories.py` writes them to .data/tinystories). Without --data the run uses
 .data/tinystories when it exists and otherwise tokenizes the TinyStories sample shipped with the
-package into .data/sample. The checkpoint goes to --out (default runs/<config>); running the same
+package into .data/sample (the `reader` presets: in the book's TinyStories tokenizer,
+`PRESET_TOKENIZERS`). The checkpoint goes to --out (default runs/<config>); running the same
 command again resumes from it (use --fresh to start over). Before training starts, the command refuses
 outputs it could not write or that would overwrite what it did not write: an --out that is a file, or a
 folder that is not a run folder (a model folder with weights but no training_state.json needs --fresh,

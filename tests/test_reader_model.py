@@ -91,8 +91,8 @@ def test_reader_preset_learns_within_its_step_budget(reader_data):
 def test_the_command_line_trains_the_reader_on_the_tinystories_tokenizer(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLMBOOK_HOME", str(tmp_path / "home"))
     out = tmp_path / "run"
-    assert main(["--config", "reader", "--steps", "3", "--eval-batches", "1", "--log-interval", "1",
-                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["--config", "reader", "--steps", "3", "--warmup-steps", "1", "--eval-batches", "1",
+                 "--log-interval", "1", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert f"sample-{TOKENIZER_NAME}" in printed
     state = read_state(out)

@@ -48,7 +48,8 @@ def test_round_trips_every_shipped_story_exactly(shipped_stories):
 def test_same_ids_as_the_pure_python_encoder(shipped_stories):
     fast, slow = tt.tinystories_encoding(), tt.tinystories_tokenizer()
     assert isinstance(slow, BPETokenizer) and slow.n_vocab == fast.n_vocab
-    odd = ["Zorblax 🐚 counted 1234567 shells!", "Ã©tÃ© â€œhiâ€\u009d", "  two  spaces\n\n\nand tabs\t\t", "日本語"]
+    odd = ["Zorblax 🐚 counted 1234567 shells!", "Ã©tÃ© â€œhiâ€\u009d", "  two  spaces\n\n\nand tabs\t\t",
+           "日本語"]
     for text in shipped_stories[::40] + odd:
         assert fast.encode_ordinary(text) == slow.encode_ordinary(text)
         assert slow.decode(slow.encode_ordinary(text)) == text
@@ -61,7 +62,8 @@ def test_the_shipped_file_says_what_it_was_trained_on():
     assert provenance["validation_file"] == SAMPLE_FILES["validation"]
     assert SAMPLE_FILES["validation"] not in provenance["files"] and SAMPLE_FILES["train"] in provenance["files"]
     assert provenance["validation_stories_kept_out"] == 1000
-    assert provenance["stories"] > 20_000 and provenance["command"].startswith("python -m slmbook.tinystories_tokenizer")
+    assert provenance["stories"] > 20_000
+    assert provenance["command"].startswith("python -m slmbook.tinystories_tokenizer")
     assert "/" not in "".join(provenance["files"])  # file names, not this machine's paths
 
 
