@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the config's)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU with gloo, a few steps")
-    parser.add_argument("--workdir", default="/tmp/ddp_scaling")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for the runs' checkpoints (default: a new temporary folder, so no earlier run "
+                             "is overwritten)")
     args = parser.parse_args(argv)
     if args.nproc < 2:
         raise SystemExit(f"--nproc={args.nproc}: a data-parallel run needs at least 2 processes")
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     elif args.batch_size:
         common += ["--batch-size", str(args.batch_size)]
     env = dict(os.environ, **SAFE_ENV, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    work = Path(args.workdir)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ddp_scaling-"))
     work.mkdir(parents=True, exist_ok=True)
 
     one = train(common, work / "one", 1, env)
