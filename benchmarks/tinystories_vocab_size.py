@@ -89,8 +89,24 @@ def _train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | Non
             "sample": trainer.sample(60, seed=0), "torch_threads": torch.get_num_threads()}
 
 
+def train_many(tokenizers: dict, steps: dict, jobs: int, threads: int | None) -> dict:
+    """size -> train_reader(...) result, `jobs` models at a time, each in its own process."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    results = {}
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = {size: pool.submit(train_reader, tokenizers[size], steps[size], threads) for size in tokenizers}
+        for size, future in futures.items():
+            results[size] = future.result()
+            print(f"vocabulary {size:,}, {results[size]['steps']} steps: {results[size]['val_bpb']:.3f} bits/byte, "
+                  f"{results[size]['cpu_s']:.0f} CPU s", flush=True)
+    return results
+
+
 def run(source: str | None, sizes: list[int], train: bool, steps: int | None, jobs: int = 1,
-        threads: int | None = None) -> dict:
+        threads: int | None = None, equal_compute: bool = False, reuse: dict | None = None) -> dict:
+    """The table. equal_compute: also train every other size for as many steps as the shipped size's
+    CPU seconds buy it. reuse: size -> an earlier run's "reader_model" (with the same steps), not retrained."""
     from slmbook.hardware import cpu_name
     from slmbook.tinystories_tokenizer import tinystories_tokenizer, train_tokenizer
     from slmbook.tokenizer import gpt2_encoding
@@ -100,16 +116,19 @@ def run(source: str | None, sizes: list[int], train: bool, steps: int | None, jo
     shipped = tinystories_tokenizer()
     stories = validation_stories()
     n_bytes = sum(len(s.encode("utf-8")) for s in stories)
-    rows, models = [], {}
-    if train:  # `jobs` models at a time, each in its own process
-        from concurrent.futures import ProcessPoolExecutor
+    rows, models, equal = [], dict(reuse or {}), {}
+    if train:
+        todo = [size for size in sizes if size not in models]
+        models |= train_many({size: prefix(largest, size) for size in todo}, {size: steps for size in todo}, jobs,
+                             threads)
+    if train and equal_compute:
+        from slmbook.tinystories_tokenizer import VOCAB_SIZE
 
-        with ProcessPoolExecutor(jobs) as pool:
-            futures = {size: pool.submit(train_reader, prefix(largest, size), steps, threads) for size in sizes}
-            for size, future in futures.items():
-                models[size] = future.result()
-                print(f"vocabulary {size:,}: {models[size]['val_bpb']:.3f} bits/byte, {models[size]['train_s']:.0f} s",
-                      flush=True)
+        ref = models[VOCAB_SIZE]
+        others = [size for size in sizes if size != VOCAB_SIZE]
+        equal = train_many({size: prefix(largest, size) for size in others},
+                           {size: round(ref["steps"] * ref["cpu_s"] / models[size]["cpu_s"]) for size in others},
+                           jobs, threads)
     for size in sizes:
         tokenizer = prefix(largest, size)
         encoding = tokenizer.to_tiktoken()
@@ -124,6 +143,8 @@ def run(source: str | None, sizes: list[int], train: bool, steps: int | None, jo
             row[f"{label}_embedding_share"] = embedding_share(config)
         if train:
             row["reader_model"] = models[size]
+        if size in equal:
+            row["reader_model_equal_compute"] = equal[size]
         rows.append(row)
     gpt2 = gpt2_encoding()
     tokens = sum(map(len, gpt2.encode_ordinary_batch(stories)))
@@ -157,20 +178,25 @@ def report(result: dict, command: str) -> str:
            if "reader_model" in result["rows"][0] else "")
         + ". The machine may have been shared: each run's load average (1 minute, at its start) is given",
         "",
+        "Model columns: the same steps for every size (the preset's), then (equal compute) as many steps as "
+        "the shipped size's CPU seconds buy each size. CPU s: process time of the training steps; wall s "
+        "and load: what else the machine ran.",
+        "",
         "| tokenizer | vocabulary | bytes/token | tokens/story | reader: embedding share | reader-gpu: embedding share "
-        "| reader: parameters | reader: val bits/byte | train s | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| reader: parameters | steps | val bits/byte | CPU s | wall s | load | equal compute: steps | val bits/byte |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
-        m = r.get("reader_model")
+        m, e = r.get("reader_model"), r.get("reader_model_equal_compute")
         name = r["tokenizer"] + (" (shipped)" if r["is_the_shipped_tokenizer"] else "")
-        lines.append(f"| {name} | {r['vocab_size']:,} | {r['bytes_per_token']:.2f} | {r['tokens_per_story']:.1f} "
-                     f"| {r['reader_embedding_share']:.0%} | {r['reader_gpu_embedding_share']:.0%} "
-                     f"| {r['reader_parameters']:,} | {m['val_bpb']:.3f} | {m['train_s']:.0f} | "
-                     f"{m['load_before']:.1f} |" if m else
-                     f"| {name} | {r['vocab_size']:,} | {r['bytes_per_token']:.2f} | {r['tokens_per_story']:.1f} "
-                     f"| {r['reader_embedding_share']:.0%} | {r['reader_gpu_embedding_share']:.0%} "
-                     f"| {r['reader_parameters']:,} | | | |")
+        cells = [name, f"{r['vocab_size']:,}", f"{r['bytes_per_token']:.2f}", f"{r['tokens_per_story']:.1f}",
+                 f"{r['reader_embedding_share']:.0%}", f"{r['reader_gpu_embedding_share']:.0%}",
+                 f"{r['reader_parameters']:,}"]
+        cells += ([f"{m['steps']}", f"{m['val_bpb']:.3f}", f"{m['cpu_s']:.0f}", f"{m['train_s']:.0f}",
+                   f"{m['load_before']:.1f}"] if m else [""] * 5)
+        cells += [f"{e['steps']}", f"{e['val_bpb']:.3f}"] if e else ["(reference)" if m and r["is_the_shipped_tokenizer"]
+                                                                      else "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
     samples = [(r["tokenizer"], r["reader_model"]["sample"]) for r in result["rows"] if r.get("reader_model")]
     if samples:
         lines += ["", "Samples (prompt 'Once upon a time', temperature 0.8, top-k 50, seed 0):", ""]
@@ -187,6 +213,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="training steps of each model (default: the reader preset's)")
     p.add_argument("--threads", type=int, help="torch CPU threads of each model (default: torch's, one per core)")
     p.add_argument("--jobs", type=int, default=1, help="models trained at the same time (default 1)")
+    p.add_argument("--equal-compute", action="store_true",
+                   help="also train each other size for the CPU seconds the shipped size took")
+    p.add_argument("--reuse", help="an earlier results .json: its equal-steps models are taken, not retrained")
     p.add_argument("--out", default=str(RESULTS / "tinystories_vocab_size"), help="output stem (.json and .md)")
     p.add_argument("--record", action="store_true", help="copy the table into the shipped tokenizer file")
     args = p.parse_args(argv)
@@ -194,7 +223,11 @@ def main(argv=None) -> int:
         sizes = sorted(int(s) for s in args.sizes.split(","))
     except ValueError:
         p.error(f"--sizes={args.sizes!r}: comma-separated integers, e.g. 1024,4096")
-    result = run(args.source, sizes, not args.no_train, args.steps, args.jobs, args.threads)
+    reuse = None
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text())
+        reuse = {r["vocab_size"]: r["reader_model"] for r in earlier["rows"] if "reader_model" in r}
+    result = run(args.source, sizes, not args.no_train, args.steps, args.jobs, args.threads, args.equal_compute, reuse)
     shown = [Path(a).name + "/" if prev == "--source" else a for prev, a in zip([None] + argv, argv)]
     command = " ".join(["python benchmarks/tinystories_vocab_size.py", *shown])
     result["command"] = command
@@ -217,8 +250,9 @@ def record(result: dict) -> Path:
     rows = []
     for r in result["rows"]:
         row = {k: v for k, v in r.items() if k != "reader_model"}
-        if "reader_model" in r:
-            row["reader_model"] = {k: v for k, v in r["reader_model"].items() if k != "sample"}
+        for key in ("reader_model", "reader_model_equal_compute"):
+            if key in r:
+                row[key] = {k: v for k, v in r[key].items() if k != "sample"}
         rows.append(row)
     data["provenance"]["vocabulary_study"] = {
         "command": result["command"], "hardware": result["hardware"], "jobs": result["jobs"],

@@ -220,3 +220,28 @@ def token_pieces(encoding, text: str) -> list[tuple[int, bytes]]:
     if single is not None:
         return [(i, single(i)) for i in ids]
     return [(i, encoding.decode([i]).encode("utf-8")) for i in ids]
+
+
+# --- What tokenization does to numbers, spelling and other languages -----------------------------
+
+UDHR_FILE = Path(__file__).parent / "resources" / "udhr" / "udhr-article1.json"
+
+
+def udhr_article1() -> dict[str, str]:
+    """Article 1 of the Universal Declaration of Human Rights, language -> text: the same sentence in
+    several languages (UN/OHCHR translations, public domain; the file names its source), to measure
+    how many tokens a tokenizer spends on each language."""
+    return json.loads(UDHR_FILE.read_text(encoding="utf-8"))["article_1"]
+
+
+def chunk_lengths(encoding, text: str) -> tuple[int, ...]:
+    """UTF-8 bytes in each token of `text`: (2, 2) when '1234' is cut into '12' + '34'.
+
+    Two numbers with different tuples are cut differently, so the same digit position lands in
+    tokens of different kinds: what makes arithmetic hard for a model that reads such tokens.
+    """
+    _check_text(text)
+    pieces = [raw for _, raw in token_pieces(encoding, text)]
+    if b"".join(pieces) != text.encode("utf-8"):
+        raise ValueError(f"encoding {getattr(encoding, 'name', encoding)!r} does not spell {text!r} losslessly")
+    return tuple(len(raw) for raw in pieces)

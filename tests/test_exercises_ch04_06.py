@@ -136,11 +136,27 @@ def test_ch06():
         for piece in regex.findall(GPT2_PATTERN, story):
             b = piece.encode("utf-8")
             pairs.update(zip(b, b[1:]))
-    best = max(pairs, key=lambda p: (pairs[p], bytes([p[0]]), bytes([p[1]])))
-    assert ch06.check_first_merge(bytes(best).decode()).correct
-    second = pairs.most_common(2)[1][0]
-    assert ch06.check_first_merge(bytes(second).decode()).status == "wrong"
-    assert ch06.check_first_merge(None).status == "not attempted"
+    (best, count), (_, second) = pairs.most_common(2)
+    assert ch06.first_merge()[0] == bytes(best)
+    assert ch06.check_first_merge_count(count).correct
+    assert ch06.check_first_merge_count(second).status == "wrong"
+    assert ch06.check_first_merge_count(count + 1).status == "wrong"
+    assert ch06.check_first_merge_count(None).status == "not attempted"
     assert ch06.check_bits_per_byte(1500 / math.log(2) / 4000).correct
     assert ch06.check_bits_per_byte(1500 / 4000).status == "wrong"  # nats, not bits
     assert ch06.check_bits_per_byte(1.5 / math.log(2)).status == "wrong"  # bits per token
+
+
+def test_ch06_single_token_numbers():
+    enc = gpt2_encoding()
+    vocab_numbers = sum(1 for n in range(10_000) if str(n).encode() in enc._mergeable_ranks)  # counted another way
+    assert ch06.check_single_token_numbers(vocab_numbers).correct
+    assert ch06.check_single_token_numbers(vocab_numbers - 88).status == "wrong"
+    assert ch06.check_single_token_numbers(float(vocab_numbers)).status == "wrong"  # an int, as asked
+    assert ch06.check_single_token_numbers(None).status == "not attempted"
+    assert "Hint" not in ch06.check_single_token_numbers(None).message  # hints only after a wrong try
+    assert "Hint" in ch06.check_single_token_numbers(1).message
+
+
+def test_ch06_answers_are_not_printed_in_the_chapter():
+    assert_no_printed_answer("06_tokenizers.ipynb", [ch06.check_bits_per_byte, ch06.check_single_token_numbers])
