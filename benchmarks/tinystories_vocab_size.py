@@ -64,7 +64,8 @@ def train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None
 def _train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None, folder: Path) -> dict:
     from slmbook.data import SAMPLE_FILES, resource_path
     from slmbook.dataloader import prepare_token_files
-    from slmbook.training import Trainer, training_preset
+    from slmbook.training_config import training_preset
+    from slmbook.training import Trainer
 
     if threads:
         torch.set_num_threads(threads)
@@ -94,7 +95,7 @@ def run(source: str | None, sizes: list[int], train: bool, steps: int | None, jo
     from slmbook.hardware import cpu_name
     from slmbook.tinystories_tokenizer import tinystories_tokenizer, train_tokenizer
     from slmbook.tokenizer import gpt2_encoding
-    from slmbook.training import training_preset
+    from slmbook.training_config import training_preset
 
     largest, provenance = train_tokenizer(source, max(sizes))
     shipped = tinystories_tokenizer()

@@ -44,8 +44,9 @@ import torch.nn.functional as F
 
 from slmbook.config import BOOK, QwenConfig
 from slmbook.flops import mfu, training_flops_per_token
-from slmbook.qwen import hf_config_kwargs
-from slmbook.training import TrainConfig, Trainer
+from slmbook.hf_interop import hf_config_kwargs
+from slmbook.training_config import TrainConfig
+from slmbook.training import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

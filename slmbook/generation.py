@@ -28,8 +28,8 @@ import math
 import numpy as np
 import torch
 
+from slmbook.config import check_token_ids
 from slmbook.kv_cache import KVCache
-from slmbook.qwen import check_token_ids
 
 CACHE_KINDS = ("preallocated", "growing", "static")
 

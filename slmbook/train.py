@@ -28,7 +28,10 @@ from pathlib import Path
 
 from slmbook.checkpoint import STATE_FILE, atomic_write, inspect_folder, run_dir
 from slmbook.config import PRESETS as MODEL_PRESETS, preset
-from slmbook.training import PRECISIONS, PRESETS, TrainConfig, Trainer, process_gpu, training_preset
+from slmbook.distributed import process_gpu
+from slmbook.env import PRECISIONS
+from slmbook.training import Trainer
+from slmbook.training_config import PRESETS, TrainConfig, training_preset
 
 DATA_DIR = ".data"
 

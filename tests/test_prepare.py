@@ -180,7 +180,7 @@ def test_the_hub_source_streams_deduplicates_and_keeps_validation_out(monkeypatc
 
     fake.load_dataset, fake.load_dataset_builder = load_dataset, load_dataset_builder
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    monkeypatch.setattr("slmbook.env.online", lambda host="huggingface.co", **kwargs: True)
+    monkeypatch.setattr("slmbook.hub.online", lambda host="huggingface.co", **kwargs: True)
     report = prep.prepare("hub", out=tmp_path / "hub", progress=False)
     assert sorted(asked) == [("roneneldan/TinyStories", "train", True), ("roneneldan/TinyStories", "validation", True)]
     assert report["stories_read"] == {"train": 312, "validation": 100}  # the empty row is skipped when read

@@ -8,10 +8,11 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from slmbook.config import QwenConfig
 from slmbook.kv_cache import KVCache
-from slmbook.qwen import (
-    QwenModel, TransformerBlock, config_from_hf, from_pretrained, from_transformers, hf_config_kwargs, hf_name,
-    load_hf_state_dict, to_hf_state_dict, to_transformers,
+from slmbook.qwen import QwenModel, TransformerBlock
+from slmbook.hf_interop import (
+    config_from_hf, from_transformers, hf_config_kwargs, hf_name, load_hf_state_dict, to_hf_state_dict, to_transformers,
 )
+from slmbook.pretrained import from_pretrained
 
 BASE = QwenConfig(vocab_size=97, context_length=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
                   rope_theta=10_000.0)

@@ -19,7 +19,8 @@ from slmbook.dataloader import read_token_file
 from slmbook.scaling import count_parameters
 from slmbook.tinystories_tokenizer import TOKENIZER_NAME, tinystories_encoding
 from slmbook.train import encoding_of, main, sample_data
-from slmbook.training import Trainer, training_preset
+from slmbook.training_config import training_preset
+from slmbook.training import Trainer
 
 REPO = Path(__file__).parent.parent
 

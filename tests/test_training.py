@@ -18,10 +18,10 @@ from slmbook.flops import training_flops_per_token
 from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer, gpt2_encoding
 from slmbook import train as cli
-from slmbook.training import (
-    PRESETS, StepBatches, TrainConfig, Trainer, learning_rate, loss_at_init, overfit_one_batch,
-    parameter_groups, token_byte_lengths, training_preset,
-)
+from slmbook.dataloader import StepBatches
+from slmbook.evaluation import token_byte_lengths
+from slmbook.training import Trainer, learning_rate, loss_at_init, overfit_one_batch, parameter_groups
+from slmbook.training_config import PRESETS, TrainConfig, training_preset
 
 SMALL = QwenConfig(vocab_size=128, context_length=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)
 RUN = TrainConfig(model=SMALL, steps=6, batch_size=4, context=16, lr=3e-3, warmup_steps=2, log_interval=1,
@@ -330,7 +330,7 @@ class TransformersLM(torch.nn.Module):
 def test_the_loop_trains_transformers_qwen3_exactly_like_ours(data):
     """The same weights in transformers' Qwen3ForCausalLM, through the same loop: the same losses."""
     from slmbook.env import seed_everything
-    from slmbook.qwen import to_transformers
+    from slmbook.hf_interop import to_transformers
 
     ours = trainer(data).run(3)
     seed_everything(RUN.seed)  # what Trainer does before building its model: the same initial weights
