@@ -49,7 +49,7 @@ def train(name: str, changes: dict, threads: int | None) -> dict:
     import tempfile
 
     from slmbook.tinystories_tokenizer import TOKENIZER_NAME, tinystories_encoding
-    from slmbook.train import sample_data
+    from slmbook.train_cli import sample_data
     from slmbook.training_config import training_preset
     from slmbook.training import Trainer
 

@@ -184,7 +184,7 @@ def main(argv=None) -> int:
 
     from slmbook import checkpoint
     from slmbook.tinystories_tokenizer import tinystories_encoding
-    from slmbook.train import data_files, summarize
+    from slmbook.train_cli import data_files, summarize
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     from slmbook.dataloader import read_token_file
     from slmbook.hardware import describe_device
     from slmbook.tokenizer import gpt2_encoding
-    from slmbook.train import data_files, sample_data, summarize
+    from slmbook.train_cli import data_files, sample_data, summarize
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     runs = SMOKE_RUNS if args.smoke else FULL_RUNS

@@ -1,4 +1,4 @@
-"""Where the code runs: device choice, precision plan, seeds and an environment report (network included).
+"""Where the code runs: device choice, precision plan, seeds, network reachability and an environment report.
 
 Chapter 0 prints `report()` so a reader knows, before anything else, which device, precision and
 data source the rest of the book will use on their machine. `precision_plan` decides, from what

@@ -259,3 +259,16 @@ class QwenModel(nn.Module):
         from slmbook.generation import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+# Where the names that used to live here went (this module no longer converts to and from transformers):
+# an old `slmbook.qwen.from_pretrained` gets an error that says where to look, not a bare AttributeError.
+MOVED = {"from_pretrained": "slmbook.pretrained", **{name: "slmbook.hf_interop" for name in (
+    "hf_name", "our_name", "to_hf_state_dict", "load_hf_state_dict", "hf_config_dict", "require_hf_keys",
+    "config_from_hf", "hf_config_kwargs", "from_transformers", "to_transformers", "build_transformers_model")}}
+
+
+def __getattr__(name: str):
+    if name in MOVED:
+        raise AttributeError(f"slmbook.qwen.{name} has moved: use {MOVED[name]}.{name}")
+    raise AttributeError(f"module 'slmbook.qwen' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmbook import prepare as prep, train as cli
+from slmbook import prepare as prep, train_cli as cli
 from slmbook.curation import jaccard, normalize, shingles
 from slmbook.data import EOT, SAMPLE_FILES, read_story_file, resource_path
 from slmbook.dataloader import read_token_file

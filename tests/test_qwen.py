@@ -311,3 +311,12 @@ def test_qwen3_0_6b_config_json_maps_to_the_preset():
     assert config_from_hf(qwen3_0_6b_json) == QWEN3_0_6B
     assert config_from_hf(qwen3_0_6b_json, dtype="float32", context_length=4096) == QWEN3_0_6B.replace(
         dtype="float32", context_length=4096)
+
+
+def test_names_moved_out_of_qwen_say_where_they_went():
+    import slmbook.qwen
+
+    with pytest.raises(AttributeError, match=r"slmbook\.pretrained\.from_pretrained"):
+        slmbook.qwen.from_pretrained
+    with pytest.raises(AttributeError, match=r"slmbook\.hf_interop\.to_transformers"):
+        slmbook.qwen.to_transformers

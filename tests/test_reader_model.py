@@ -18,7 +18,7 @@ from slmbook.config import READER, READER_GPU, preset
 from slmbook.dataloader import read_token_file
 from slmbook.scaling import count_parameters
 from slmbook.tinystories_tokenizer import TOKENIZER_NAME, tinystories_encoding
-from slmbook.train import encoding_of, main, sample_data
+from slmbook.train_cli import encoding_of, main, sample_data
 from slmbook.training_config import training_preset
 from slmbook.training import Trainer
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from slmbook import train as cli
+from slmbook import train_cli as cli
 from slmbook.checkpoint import CheckpointError, read_state, save_checkpoint
 from slmbook.data import load_stories
 from slmbook.dataloader import write_token_file

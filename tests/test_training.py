@@ -17,7 +17,7 @@ from slmbook.dataloader import read_token_file, write_token_file
 from slmbook.flops import training_flops_per_token
 from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer, gpt2_encoding
-from slmbook import train as cli
+from slmbook import train_cli as cli
 from slmbook.dataloader import StepBatches
 from slmbook.evaluation import token_byte_lengths
 from slmbook.training import Trainer, learning_rate, loss_at_init, overfit_one_batch, parameter_groups
