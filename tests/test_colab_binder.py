@@ -34,7 +34,7 @@ def _run_setup_cell(monkeypatch, on_colab: bool):
 def test_setup_cell_installs_from_github_on_colab(monkeypatch):
     calls, magics = _run_setup_cell(monkeypatch, on_colab=True)
     assert calls == [[sys.executable, "-m", "pip", "install", "-q",
-                      "slmbook @ git+https://github.com/slmbook/slmbook@main"]]
+                      f"slmbook @ git+https://github.com/slmbook/slmbook@{notebooks.pinned_ref()}"]]
     assert magics == [("matplotlib", "inline")]
 
 
