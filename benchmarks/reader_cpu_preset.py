@@ -50,8 +50,8 @@ def train(name: str, changes: dict, threads: int | None) -> dict:
 
     from slmbook.tinystories_tokenizer import TOKENIZER_NAME, tinystories_encoding
     from slmbook.train_cli import sample_data
-    from slmbook.training_config import training_preset
     from slmbook.training import Trainer
+    from slmbook.training_config import training_preset
 
     if threads:
         torch.set_num_threads(threads)

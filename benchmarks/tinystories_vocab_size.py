@@ -64,8 +64,8 @@ def train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None
 def _train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None, folder: Path) -> dict:
     from slmbook.data import SAMPLE_FILES, resource_path
     from slmbook.dataloader import prepare_token_files
-    from slmbook.training_config import training_preset
     from slmbook.training import Trainer
+    from slmbook.training_config import training_preset
 
     if threads:
         torch.set_num_threads(threads)
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     except ValueError:
         p.error(f"--sizes={args.sizes!r}: comma-separated integers, e.g. 1024,4096")
     result = run(args.source, sizes, not args.no_train, args.steps, args.jobs, args.threads)
-    shown = [Path(a).name + "/" if prev == "--source" else a for prev, a in zip([None] + argv, argv)]
+    shown = [Path(a).name + "/" if prev == "--source" else a for prev, a in zip([None] + argv, argv, strict=False)]
     command = " ".join(["python benchmarks/tinystories_vocab_size.py", *shown])
     result["command"] = command
     stem = Path(args.out)

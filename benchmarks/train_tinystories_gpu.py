@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from slmbook.config import BOOK, TINY, QwenConfig  # noqa: E402
-from slmbook.training_config import TrainConfig, training_preset  # noqa: E402
 from slmbook.training import Trainer  # noqa: E402
+from slmbook.training_config import TrainConfig, training_preset  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PROMPTS = ("Once upon a time", "One day, a little girl named Lily", "Tom and his dog")

@@ -500,7 +500,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path, state: 
                               "so training cannot resume from it (start a new run, or load only the weights)")
     saved = torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     groups, ours = saved.get("param_groups", []), optimizer.param_groups
-    if len(groups) != len(ours) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, ours)):
+    if len(groups) != len(ours) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, ours, strict=True)):
         raise CheckpointError(
             f"checkpoint {str(folder)!r}: its optimizer has parameter groups of sizes "
             f"{[len(g['params']) for g in groups]}, this one {[len(g['params']) for g in ours]}")

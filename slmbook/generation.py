@@ -22,7 +22,6 @@ Sampling draws from a `torch.Generator` seeded with `seed`, so a seeded run repe
 from __future__ import annotations
 
 import contextlib
-
 import math
 
 import numpy as np

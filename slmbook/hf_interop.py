@@ -23,7 +23,6 @@ from slmbook.config import QwenConfig
 from slmbook.dtypes import torch_dtype
 from slmbook.qwen import QwenModel
 
-
 # ------------------------------------------------------------------------------------------------
 # transformers' Qwen3: names, configs and checkpoints
 # ------------------------------------------------------------------------------------------------

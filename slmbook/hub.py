@@ -137,7 +137,10 @@ def _download(repo: str, revision, cache_dir, local_files_only: bool) -> Path:
     """huggingface_hub's snapshot of `repo` (only HUB_FILES), or PretrainedNotFound with the reason."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import (  # where every huggingface_hub version exports them
-        HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     hint = local_copy_hint(repo)

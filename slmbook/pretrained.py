@@ -23,14 +23,20 @@ import torch
 from slmbook.dtypes import torch_dtype
 from slmbook.env import pick_device
 from slmbook.hf_interop import config_from_hf, config_from_hf_moe, load_hf_state_dict, our_name
-from slmbook.positional import RotaryEmbedding
-from slmbook.qwen import QwenModel
-from slmbook.qwen_tokenizer import QwenTokenizer
 
 # Chapter 11 imports `PretrainedNotFound` and `resolve` from here, next to the loaders that use them.
 from slmbook.hub import (  # noqa: F401
-    CONFIG_FILE, QWEN3_0_6B_BASE_REPO, QWEN3_0_6B_REPO, WEIGHTS, PretrainedNotFound, resolve, weight_files,
+    CONFIG_FILE,
+    QWEN3_0_6B_BASE_REPO,
+    QWEN3_0_6B_REPO,
+    WEIGHTS,
+    PretrainedNotFound,
+    resolve,
+    weight_files,
 )
+from slmbook.positional import RotaryEmbedding
+from slmbook.qwen import QwenModel
+from slmbook.qwen_tokenizer import QwenTokenizer
 
 
 def load_state_dict(folder: str | Path, dtype=None, device="cpu") -> dict[str, torch.Tensor]:

@@ -36,12 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmbook.config import positive_int
-
 # Chapter 12 scores its table through `qz.evaluation_batches`, `qz.evaluate_nll`, `qz.forward_seconds` and
 # `qz.format_table`: names of the evaluation module (slmbook/evaluation.py), kept importable from here.
 from slmbook.evaluation import (  # noqa: F401
-    compare_variants, evaluate_nll, evaluation_batches, format_table, forward_seconds, logits_of,
+    compare_variants,
+    evaluate_nll,
+    evaluation_batches,
+    format_table,
+    forward_seconds,
+    logits_of,
 )
 
 SCHEMES = ("absmax", "zeropoint")
@@ -269,7 +272,7 @@ def pooled_error(model: nn.Module, skip=("lm_head",), **settings) -> dict[str, f
     weights = [m.weight.detach().float().cpu() for _, m in _linear_layers(model, skip)]
     quantized = [quantize(w, **settings) for w in weights]  # each weight once: its codes and its bytes
     original = torch.cat([w.flatten() for w in weights])
-    approx = torch.cat([q.dequantize(w.dtype).flatten() for q, w in zip(quantized, weights)])
+    approx = torch.cat([q.dequantize(w.dtype).flatten() for q, w in zip(quantized, weights, strict=True)])
     nbytes = sum(q.nbytes for q in quantized)
     return {"bits_per_weight": 8 * nbytes / original.numel(), **error_stats(original, approx)}
 

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from slmbook.checkpoint import STATE_FILE, atomic_write, inspect_folder, run_dir
-from slmbook.config import PRESETS as MODEL_PRESETS, preset
+from slmbook.config import PRESETS as MODEL_PRESETS
+from slmbook.config import preset
 from slmbook.distributed import process_gpu
 from slmbook.env import PRECISIONS
 from slmbook.training import Trainer

@@ -487,7 +487,7 @@ def update_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float
     Around 1e-3 is healthy; much larger means the learning rate is too high (the weights are being
     rewritten, not refined), much smaller that the model is barely moving.
     """
-    diff = torch.sqrt(sum(((a.detach().float() - b.float()) ** 2).sum() for a, b in zip(after, before)))
+    diff = torch.sqrt(sum(((a.detach().float() - b.float()) ** 2).sum() for a, b in zip(after, before, strict=True)))
     norm = torch.sqrt(sum((b.float() ** 2).sum() for b in before))
     return float(diff / norm)
 

@@ -19,9 +19,9 @@ from slmbook.config import PRESETS as MODEL_PRESETS
 from slmbook.config import QwenConfig
 from slmbook.dataloader import TokenBatches, prepare_token_files, read_token_file, write_token_file
 from slmbook.generation import generate
-from slmbook.qwen import QwenModel
 from slmbook.hf_interop import config_from_hf, hf_config_kwargs
 from slmbook.pretrained import from_pretrained
+from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer
 from slmbook.training_config import PRESETS as TRAIN_PRESETS
 from slmbook.training_config import TrainConfig

@@ -22,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slmbook import checkpoint, train_cli as cli
+from slmbook import checkpoint
+from slmbook import train_cli as cli
 from slmbook.checkpoint import CheckpointError, load_model, read_state
 from slmbook.data import load_stories
 from slmbook.dataloader import write_token_file
@@ -181,7 +182,7 @@ def test_kill_minus_9_at_every_stage_of_a_save_loses_nothing(tmp_path, data, one
                 saving = step + 1  # each child resumes from `step` and is killed in its first save
                 seen = {}
 
-                def on_stop():  # where the kill lands: look at the disk the moment before it
+                def on_stop(seen=seen, stage=stage):  # where the kill lands: the disk the moment before it
                     seen["hidden"] = hidden(root)
                     seen["run"] = run.is_dir()
                     new = [p for p in root.iterdir() if p.name.startswith(".run.new-")]

@@ -10,7 +10,6 @@ import torch
 
 from slmbook.exercises import ch07, ch08, ch09, ch10
 
-
 # --- reference answers, written from the formulas, not from slmbook ------------------------------
 
 def rope_by_hand(x, position, theta):

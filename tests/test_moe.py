@@ -170,7 +170,7 @@ def test_dispatch_gradients_equal_the_dense_reference():
     routing = m.gate.route(x)
     dense_reference(m, x, routing).pow(2).sum().backward()
     expected = [p.grad for p in m.parameters()] + [x.grad]
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
 
 

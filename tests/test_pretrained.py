@@ -23,13 +23,12 @@ import torch
 from test_qwen_tokenizer import write_tokenizer_files
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from slmbook import hub, pretrained
+from slmbook import hub
 from slmbook.config import QWEN3_0_6B, QwenConfig
-from slmbook.hub import HUB_FILES, PretrainedNotFound, resolve
-from slmbook.pretrained import load_qwen3, load_state_dict
-from slmbook.qwen import QwenModel
 from slmbook.hf_interop import config_from_hf, hf_config_kwargs, to_hf_state_dict
-from slmbook.pretrained import from_pretrained
+from slmbook.hub import HUB_FILES, PretrainedNotFound, resolve
+from slmbook.pretrained import from_pretrained, load_qwen3, load_state_dict
+from slmbook.qwen import QwenModel
 from slmbook.qwen_tokenizer import IM_END, QwenTokenizer
 
 REPO = "slmbook-tests/tiny-qwen3"  # never on the hub: even a networked run cannot download anything

@@ -191,8 +191,8 @@ def test_quantize_model_replaces_the_linear_layers_but_the_head():
     linears = [mod for name, mod in m.named_modules() if type(mod) is torch.nn.Linear and not name.endswith("lm_head")]
     assert sum(isinstance(mod, qz.QuantizedLinear) for mod in q.modules()) == len(linears)
     assert type(q.lm_head) is torch.nn.Linear and q.lm_head.weight is q.embed_tokens.weight
-    weights = sum(l.weight.numel() for l in linears)
-    rows = sum(l.out_features for l in linears)
+    weights = sum(layer.weight.numel() for layer in linears)
+    rows = sum(layer.out_features for layer in linears)
     assert qz.model_bytes(q) == qz.model_bytes(m) - 4 * weights + weights + 4 * rows
     assert qz.linear_weight_bits(q) == pytest.approx(8 + 32 * rows / weights)
     assert qz.linear_weight_bits(m) == 32

@@ -19,8 +19,8 @@ from slmbook.dataloader import read_token_file
 from slmbook.scaling import count_parameters
 from slmbook.tinystories_tokenizer import TOKENIZER_NAME, tinystories_encoding
 from slmbook.train_cli import encoding_of, main, sample_data
-from slmbook.training_config import training_preset
 from slmbook.training import Trainer
+from slmbook.training_config import training_preset
 
 REPO = Path(__file__).parent.parent
 

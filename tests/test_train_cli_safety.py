@@ -14,8 +14,8 @@ from slmbook.data import load_stories
 from slmbook.dataloader import write_token_file
 from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer
-from slmbook.training_config import TrainConfig
 from slmbook.training import Trainer
+from slmbook.training_config import TrainConfig
 
 
 @pytest.fixture(scope="module")
