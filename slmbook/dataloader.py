@@ -418,7 +418,7 @@ class StepBatches:
 
     def order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
-            if len(self._orders) >= 2:
+            if len(self._orders) >= 2:  # kept small: an order holds one int64 per window of the file
                 self._orders.pop(min(self._orders))
             self._orders[epoch] = self.source.order(epoch)
         return self._orders[epoch]

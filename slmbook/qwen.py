@@ -186,6 +186,7 @@ class QwenModel(nn.Module):
         With a KV cache the tokens are placed after the `kv_cache.length` already stored (a static cache
         gives their positions as a device tensor, so that the step can be recorded as a CUDA graph).
         """
+        # The model's entry checks (shapes and dtypes: metadata, no device read); the layers below trust them.
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (
                 torch.int64, torch.int32):
             raise ValueError(
@@ -226,6 +227,7 @@ class QwenModel(nn.Module):
             if targets.shape != getattr(input_ids, "shape", None):
                 raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape "
                                  f"{tuple(getattr(input_ids, 'shape', ()))}")
+        # The id range is the one check that reads the device; a traced or captured step cannot read it.
         if self.check_ids and isinstance(input_ids, torch.Tensor) and not _tracing(input_ids):
             self._check_ids(input_ids, targets)
         hidden = self.forward_hidden(input_ids, kv_cache, return_attention)
