@@ -32,8 +32,8 @@ import torch
 from slmbook import flops, hardware, memory
 from slmbook.config import PRESETS
 from slmbook.env import pick_device
-from slmbook.qwen import QwenModel
 from slmbook.hardware import cpu_name
+from slmbook.qwen import QwenModel
 
 RESULTS = Path(__file__).parent / "results"
 SETUPS = {  # name: (fused AdamW, keep logits through backward)

@@ -27,8 +27,8 @@ import torch
 
 from slmbook.config import PRESETS, QwenConfig
 from slmbook.generation import generate
-from slmbook.qwen import QwenModel
 from slmbook.hardware import cpu_name, synchronize
+from slmbook.qwen import QwenModel
 
 RESULTS = Path(__file__).parent / "results"
 

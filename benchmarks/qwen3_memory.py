@@ -52,9 +52,10 @@ def measure(config, device: torch.device, prompt: int, new: int, seed: int = 0) 
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from slmbook.generation import generate
+    from slmbook.hf_interop import hf_config_kwargs
     from slmbook.kv_cache import KVCache, config_kv_cache_bytes
     from slmbook.memory import inference_memory, parameter_count
-    from slmbook.qwen import QwenModel, hf_config_kwargs
+    from slmbook.qwen import QwenModel
 
     dtype = torch.bfloat16
     torch.manual_seed(seed)

@@ -49,8 +49,9 @@ def train(name: str, changes: dict, threads: int | None) -> dict:
     import tempfile
 
     from slmbook.tinystories_tokenizer import TOKENIZER_NAME, tinystories_encoding
-    from slmbook.train import sample_data
-    from slmbook.training import Trainer, training_preset
+    from slmbook.train_cli import sample_data
+    from slmbook.training import Trainer
+    from slmbook.training_config import training_preset
 
     if threads:
         torch.set_num_threads(threads)
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
             p.error(f"--runs: unknown {unknown}; allowed: {list(RUNS)}")
     changes = {n: RUNS[n] for n in names}
     if args.steps:
-        from slmbook.training import training_preset
+        from slmbook.training_config import training_preset
 
         base = training_preset(PRESET)
         changes = {n: c | {"steps": args.steps, "warmup_steps": c.get("warmup_steps", base.warmup_steps) * args.steps

@@ -64,7 +64,8 @@ def train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None
 def _train_reader(tokenizer: BPETokenizer, steps: int | None, threads: int | None, folder: Path) -> dict:
     from slmbook.data import SAMPLE_FILES, resource_path
     from slmbook.dataloader import prepare_token_files
-    from slmbook.training import Trainer, training_preset
+    from slmbook.training import Trainer
+    from slmbook.training_config import training_preset
 
     if threads:
         torch.set_num_threads(threads)
@@ -110,7 +111,7 @@ def run(source: str | None, sizes: list[int], train: bool, steps: int | None, jo
     from slmbook.hardware import cpu_name
     from slmbook.tinystories_tokenizer import tinystories_tokenizer, train_tokenizer
     from slmbook.tokenizer import gpt2_encoding
-    from slmbook.training import training_preset
+    from slmbook.training_config import training_preset
 
     largest, provenance = train_tokenizer(source, max(sizes))
     shipped = tinystories_tokenizer()
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
         earlier = json.loads(Path(args.reuse).read_text())
         reuse = {r["vocab_size"]: r["reader_model"] for r in earlier["rows"] if "reader_model" in r}
     result = run(args.source, sizes, not args.no_train, args.steps, args.jobs, args.threads, args.equal_compute, reuse)
-    shown = [Path(a).name + "/" if prev == "--source" else a for prev, a in zip([None] + argv, argv)]
+    shown = [Path(a).name + "/" if prev == "--source" else a for prev, a in zip([None] + argv, argv, strict=False)]
     command = " ".join(["python benchmarks/tinystories_vocab_size.py", *shown])
     result["command"] = command
     stem = Path(args.out)

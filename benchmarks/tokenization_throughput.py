@@ -27,8 +27,8 @@ import torch
 
 from slmbook.bpe import BPETokenizer
 from slmbook.data import load_stories
-from slmbook.tokenizer import gpt2_encoding
 from slmbook.hardware import cpu_name
+from slmbook.tokenizer import gpt2_encoding
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # a source checkout without an install
 
 from slmbook.config import READER, READER_GPU  # noqa: E402
-from slmbook.training import TrainConfig, Trainer, training_preset  # noqa: E402
+from slmbook.training import Trainer  # noqa: E402
+from slmbook.training_config import TrainConfig, training_preset  # noqa: E402
 
 PRESET = "reader-gpu"
 PROMPTS = ("Once upon a time", "One day, a little girl named Lily", "Tom and his dog")
@@ -85,7 +86,8 @@ def cpu_bits_per_byte(folder: Path, train: Path, val: Path, config: TrainConfig,
 def export(trainer: Trainer, best_step: int, folder: Path) -> Path:
     """The trainer's model (holding its best weights) saved for inference: bfloat16, no optimizer state."""
     from slmbook.checkpoint import WEIGHTS_FILE, save_checkpoint
-    from slmbook.qwen import QwenModel, load_hf_state_dict, to_hf_state_dict
+    from slmbook.hf_interop import load_hf_state_dict, to_hf_state_dict
+    from slmbook.qwen import QwenModel
 
     small = QwenModel(trainer.config.model.replace(dtype=EXPORT_DTYPE))
     load_hf_state_dict(small, to_hf_state_dict(trainer.model))
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
 
     from slmbook import checkpoint
     from slmbook.tinystories_tokenizer import tinystories_encoding
-    from slmbook.train import data_files, summarize
+    from slmbook.train_cli import data_files, summarize
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)

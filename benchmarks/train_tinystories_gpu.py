@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from slmbook.config import BOOK, TINY, QwenConfig  # noqa: E402
-from slmbook.training import TrainConfig, Trainer, training_preset  # noqa: E402
+from slmbook.training import Trainer  # noqa: E402
+from slmbook.training_config import TrainConfig, training_preset  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PROMPTS = ("Once upon a time", "One day, a little girl named Lily", "Tom and his dog")
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     from slmbook.dataloader import read_token_file
     from slmbook.hardware import describe_device
     from slmbook.tokenizer import gpt2_encoding
-    from slmbook.train import data_files, sample_data, summarize
+    from slmbook.train_cli import data_files, sample_data, summarize
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     runs = SMOKE_RUNS if args.smoke else FULL_RUNS

@@ -44,8 +44,9 @@ import torch.nn.functional as F
 
 from slmbook.config import BOOK, QwenConfig
 from slmbook.flops import mfu, training_flops_per_token
-from slmbook.qwen import hf_config_kwargs
-from slmbook.training import TrainConfig, Trainer
+from slmbook.hf_interop import hf_config_kwargs
+from slmbook.training import Trainer
+from slmbook.training_config import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -261,7 +262,8 @@ def main(argv=None) -> int:
             n_tokens = max((warmup + steps) * batch * (shape.context_length + 1) + 1, 2**20 if not args.smoke else 0)
             data = random_token_file(Path(tmp), shape.vocab_size, min(n_tokens, 2**26))
             flops = training_flops_per_token(shape, shape.context_length)
-            def timed(impl, use_compile, mode):
+            # called only inside this iteration; the defaults bind this shape's values all the same
+            def timed(impl, use_compile, mode, name=name, shape=shape, batch=batch, data=data, flops=flops):
                 print(f"{name}: {impl}{f' compiled ({mode})' if use_compile else ''} ...", flush=True)
                 r = measure(impl, shape, batch, data, str(device), use_compile, precision, warmup, steps, mode,
                             args.loss_chunk)

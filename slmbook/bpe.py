@@ -183,7 +183,7 @@ class BPETokenizer:
         ids = list(chunk)
         ranks = self.ranks
         while len(ids) > 1:
-            best = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, float("inf")))
+            best = min(zip(ids, ids[1:], strict=False), key=lambda p: ranks.get(p, float("inf")))
             if best not in ranks:
                 break
             ids = _merge_word(ids, best, self.merge_result[best])
@@ -291,8 +291,8 @@ def train_merges(word_counts: dict[bytes, int], num_merges: int, progress: bool 
 
     pair_counts: Counter[Pair] = Counter()
     where: dict[Pair, set[int]] = {}
-    for idx, (word, freq) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
+    for idx, (word, freq) in enumerate(zip(words, freqs, strict=True)):
+        for pair in zip(word, word[1:], strict=False):
             pair_counts[pair] += freq
             where.setdefault(pair, set()).add(idx)
 
@@ -319,10 +319,10 @@ def train_merges(word_counts: dict[bytes, int], num_merges: int, progress: bool 
             if len(new_word) == len(word):
                 continue
             freq = freqs[idx]
-            for p in zip(word, word[1:]):
+            for p in zip(word, word[1:], strict=False):
                 pair_counts[p] -= freq
                 changed.add(p)
-            for p in zip(new_word, new_word[1:]):
+            for p in zip(new_word, new_word[1:], strict=False):
                 pair_counts[p] += freq
                 changed.add(p)
                 where.setdefault(p, set()).add(idx)

@@ -27,7 +27,7 @@ and a resumable training state. Why these rules:
 - `training_state.json` records the hash of every other file. A folder whose files do not match their
   record (a file copied from another run, a truncated download) is refused with an error that says
   which file and why, instead of resuming from a silent mixture.
-- The weights go through `slmbook.qwen`'s own name mapping (`to_hf_state_dict`/`load_hf_state_dict`),
+- The weights go through `slmbook.hf_interop`'s name mapping (`to_hf_state_dict`/`load_hf_state_dict`),
   the same one its equivalence tests check against `transformers`.
 """
 
@@ -49,7 +49,8 @@ from typing import NamedTuple
 import torch
 
 from slmbook.config import QwenConfig
-from slmbook.qwen import QwenModel, hf_config_kwargs, load_hf_state_dict, to_hf_state_dict
+from slmbook.hf_interop import hf_config_kwargs, hf_moe_config_kwargs, load_hf_state_dict, to_hf_state_dict
+from slmbook.qwen import QwenModel
 
 FORMAT = "slmbook-checkpoint-1"
 CONFIG_FILE = "config.json"
@@ -123,8 +124,6 @@ def hf_config_dict(config: QwenConfig, eos_token_id: int | None = None) -> dict:
     gets a config.json that says so instead of one that would build a different model."""
     try:
         if config.is_moe:
-            from slmbook.moe import hf_moe_config_kwargs
-
             values, model_type, architecture = hf_moe_config_kwargs(config), "qwen3_moe", "Qwen3MoeForCausalLM"
         else:
             values, model_type, architecture = hf_config_kwargs(config), "qwen3", "Qwen3ForCausalLM"
@@ -501,7 +500,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path, state: 
                               "so training cannot resume from it (start a new run, or load only the weights)")
     saved = torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     groups, ours = saved.get("param_groups", []), optimizer.param_groups
-    if len(groups) != len(ours) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, ours)):
+    if len(groups) != len(ours) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, ours, strict=True)):
         raise CheckpointError(
             f"checkpoint {str(folder)!r}: its optimizer has parameter groups of sizes "
             f"{[len(g['params']) for g in groups]}, this one {[len(g['params']) for g in ours]}")

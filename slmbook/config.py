@@ -3,6 +3,8 @@
 Every chapter that talks about "the model" (memory in chapter 3, the KV cache in chapter 9, Qwen in
 chapter 11, training in chapter 14) reads its sizes from a `QwenConfig`. Invalid shapes are refused
 here, before any tensor is made, with an error that names the field, the value and what is allowed.
+The same kind of check guards what enters a model of that shape: `check_token_ids` (run by
+`QwenModel.forward` and `generate`, the entry points, never inside the layers).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+
+import torch
 
 DTYPES = ("float32", "float16", "bfloat16")
 ROUTER_SCORES = ("softmax", "sigmoid")
@@ -23,6 +27,24 @@ def refuse_unknown_fields(cls, names) -> None:
     unknown = sorted(set(names) - fields)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields are {sorted(fields)}")
+
+
+def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> None:
+    """A ValueError naming the first entry of `ids` that is not a token id (0 <= id < vocab_size);
+    `ignore_index` (the loss's -100) is allowed too. Costs one min/max (one device sync on a GPU):
+    an id outside the table would otherwise surface as an IndexError from inside torch, or on a GPU as
+    a device-side assert that poisons the whole process."""
+    if ids.numel() == 0 or ids.device.type == "meta":
+        return
+    valid = ids if ignore_index is None else ids.masked_fill(ids == ignore_index, 0)
+    low, high = torch.stack(torch.aminmax(valid)).tolist()
+    if low >= 0 and high < vocab_size:
+        return
+    bad = (valid < 0) | (valid >= vocab_size)
+    position = tuple(bad.nonzero()[0].tolist())
+    also = f" or {ignore_index} (ignored)" if ignore_index is not None else ""
+    raise ValueError(f"{name}[{', '.join(map(str, position))}]={ids[position].item()} is not a token id: allowed "
+                     f"0 <= id < vocab_size={vocab_size}{also} ({int(bad.sum())} of {ids.numel()} entries are outside)")
 
 
 def positive_int(name: str, value) -> int:

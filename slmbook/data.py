@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from slmbook.env import online
+from slmbook.hub import online
 
 HUB_DATASET = "roneneldan/TinyStories"
 EOT = "<|endoftext|>"
@@ -65,6 +65,23 @@ def iter_story_files(paths) -> Iterator[str]:
         story = "".join(lines).strip("\n")
         if story.strip():
             yield story
+
+
+def story_files(stories_dir: str | Path) -> tuple[list[Path], Path]:
+    """(training files, validation file) of a folder of TinyStories text files: every .txt file but the
+    official validation stories, which come from the folder or else from the copy shipped with slmbook."""
+    folder, official = Path(stories_dir), SAMPLE_FILES["validation"]
+    if not folder.is_dir():
+        raise ValueError(f"stories_dir={str(folder)!r} is not a folder; point it at a folder of TinyStories .txt "
+                         f"files (story, then a line <|endoftext|>) or use source='hub'")
+    validation = folder / official
+    if not validation.is_file():
+        validation = resource_path("tinystories", official)  # the same 1,000 stories ship with slmbook
+    train = sorted(p for p in folder.glob("*.txt") if p.name != official)
+    if not train:
+        raise ValueError(f"stories_dir={str(folder)!r} holds no training .txt files (only {official} "
+                         "or nothing)")
+    return train, validation
 
 
 def stories_source(source: str = "auto") -> str:

@@ -10,6 +10,9 @@
    (batch, context): y is x shifted by one token, the next-token targets. Windows do not overlap;
    each epoch shuffles them with a seed; for distributed data parallel each rank reads a disjoint,
    equal-sized, contiguous part of the stream.
+4. `StepBatches` numbers the batches by optimizer step for the training loop (chapter 14): the
+   batch of step s is a pure function of (seed, s), and under data parallelism every process reads
+   its own rows of it.
 
 Nothing here loads a whole corpus into memory (except near-deduplication, which needs all
 signatures at once): a file of stories is read story by story, tokens are written in chunks, and
@@ -385,3 +388,58 @@ class TokenBatches:
     def __repr__(self) -> str:
         return (f"<TokenBatches {Path(self.info.path).name}: {len(self)} batches of {self.batch_size}x{self.context_length}, "
                 f"rank {self.rank}/{self.world_size}>")
+
+
+class StepBatches:
+    """The batch of every optimizer step, read from a token file through `slmbook.dataloader`.
+
+    Sequence number i = step * batch_size + row (row < batch_size, counted over all processes and
+    micro-batches) is window `order(epoch)[i mod W]` of the file, epoch = i // W, where the order is
+    `TokenBatches.order`, a seeded shuffle of the file's windows, and W is the number of windows
+    rounded down to whole batches. Two consequences:
+    - the batch of a step is a pure function of (file, seed, step): a resumed run reads exactly the
+      batches an uninterrupted one would;
+    - process r of N reads only its rows of each micro-batch (its own disjoint shard of the stream),
+      and the rows of all processes together are the one-process batch, whatever N and grad_accum:
+      data-parallel training computes the same thing as one process with the same batch_size.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int, context: int, seed: int = 0,
+                 device: str | torch.device = "cpu"):
+        self.source = TokenBatches(path, batch_size=batch_size, context_length=context, seed=seed, device=device)
+        self.info, self.batch_size = self.source.info, batch_size
+        windows = len(self.source.windows)
+        self.per_epoch = windows - windows % batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"{path}: {windows} windows of {context + 1} tokens are fewer than "
+                             f"batch_size={batch_size}; "
+                             "use more data, a smaller batch_size or a shorter context")
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # kept small: an order holds one int64 per window of the file
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = self.source.order(epoch)
+        return self._orders[epoch]
+
+    def windows(self, start: int, count: int) -> np.ndarray:
+        """Window numbers of sequences start .. start + count - 1."""
+        index = np.arange(start, start + count)
+        epochs, positions = index // self.per_epoch, index % self.per_epoch
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            out[here] = self.order(int(epoch))[positions[here]]
+        return out
+
+    def batch(self, step: int, micro: int = 0, grad_accum: int = 1, rank: int = 0,
+              world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of micro-batch `micro` of process `rank` at optimizer step `step`, on the device."""
+        per = self.batch_size // (grad_accum * world_size)
+        start = step * self.batch_size + (micro * world_size + rank) * per
+        return self.source.batch(self.windows(start, per))
+
+    def epochs(self, steps: int) -> float:
+        """Passes over the training windows that `steps` optimizer steps make."""
+        return steps * self.batch_size / self.per_epoch

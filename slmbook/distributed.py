@@ -1,5 +1,6 @@
 """Beyond one GPU with PyTorch's own tools: DDP replicates the model, FSDP2 shards it (chapter 14).
 
+`process_gpu` and `distributed_context` place a process under `torchrun` (its GPU, its rank).
 DistributedDataParallel (used by `slmbook.training` under `torchrun`) keeps a full copy of the weights,
 gradients and optimizer state on every GPU and all-reduces the gradients each step. When those copies
 no longer fit, FSDP2's `fully_shard` splits every parameter across the processes: each keeps 1/N of the
@@ -14,7 +15,6 @@ import socket
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
 
 from slmbook.qwen import QwenModel, TransformerBlock
 
@@ -24,6 +24,10 @@ def shard_model(model: QwenModel) -> QwenModel:
     if not dist.is_initialized():
         raise RuntimeError("shard_model needs a process group: run under torchrun, or call "
                            "init_single_process_group() for a one-process demonstration")
+    # imported here, not at the top: the training loop imports this module for `distributed_context`
+    # on every machine, and FSDP is needed only by whoever shards
+    from torch.distributed.fsdp import fully_shard
+
     for module in model.modules():
         if isinstance(module, TransformerBlock):
             fully_shard(module)
@@ -85,3 +89,22 @@ def draw_data_parallel_step(n_gpus: int = 2):
     ax.axis("off")
     ax.set_title(f"One data-parallel (DDP) training step on {n_gpus} GPUs: only the gradients travel")
     return fig
+
+
+def process_gpu(device: str = "auto") -> torch.device | None:
+    """Under torchrun with GPUs: this process's own GPU (LOCAL_RANK), made the current device so that
+    NCCL and every allocation use it; None when the run is not to use CUDA (`device` another kind)."""
+    if not (torch.cuda.is_available() and device in ("auto", "cuda")):
+        return None
+    gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))))
+    torch.cuda.set_device(gpu)
+    return gpu
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world_size) of this process: (0, 1) unless torch.distributed is initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

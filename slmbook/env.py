@@ -8,42 +8,23 @@ fast paths (torch.compile, the Triton kernel of the fused loss) are known to wor
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import platform
 import random
-import socket
 import sys
 from dataclasses import dataclass
 
 import torch
+
+from slmbook.data import stories_source
+from slmbook.hub import online
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what TrainConfig.precision accepts
 NATIVE_BF16 = (8, 0)  # compute capability of the first GPUs (Ampere) whose tensor cores multiply bfloat16
 TENSOR_CORES = (7, 0)  # Volta: the first tensor cores (float16 only)
 TRITON_SUPPORTED = (8, 0)  # Triton's README lists NVIDIA GPUs of compute capability 8.0+ (older ones run a fallback)
-
-
-def online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    """True when `host` answers a TCP connection; False offline (or with HF_HUB_OFFLINE=1 set).
-
-    Checked once per host and remembered, so an offline machine pays the check a single time
-    instead of waiting for each library's own retries.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    return _reachable(host, port, timeout)
-
-
-@functools.lru_cache(maxsize=None)
-def _reachable(host: str, port: int, timeout: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -218,8 +199,6 @@ def report(device: str = "auto") -> dict:
         props = torch.cuda.get_device_properties(dev)
         info["gpu"] = props.name
         info["gpu memory (GiB)"] = round(props.total_memory / 2**30, 1)
-    from slmbook.data import stories_source
-
     info["TinyStories source"] = stories_source()
     return info
 

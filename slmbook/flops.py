@@ -17,11 +17,16 @@ The backward pass does two products for each forward one (gradient for the input
 weight), so a training step costs 3x the forward: the classic 6N FLOPs per token plus the attention
 term 12 * n_layers * n_heads * head_dim * T. Activation recomputation would add work on top; these
 are *model* FLOPs, the numerator of model FLOPs utilisation (MFU), which by definition leaves it out.
+Its denominator, a known GPU's published peak FLOP/s in the precision a run trains in, is
+`default_peak_flops`.
 """
 
 from __future__ import annotations
 
+import torch
+
 from slmbook.config import QwenConfig, positive_int
+from slmbook.hardware import known_peak
 
 
 def _check(config: QwenConfig, seq_len: int) -> None:
@@ -95,3 +100,14 @@ def mfu(tokens_per_second: float, config: QwenConfig, seq_len: int, peak_flops: 
         raise ValueError(f"tokens_per_second={tokens_per_second!r}: must be >= 0")
     _check_peak_flops(peak_flops)
     return tokens_per_second * training_flops_per_token(config, seq_len) / peak_flops
+
+
+def default_peak_flops(device: torch.device, amp_dtype) -> float | None:
+    """The published dense peak (FLOP/s) of a known GPU for the precision in use; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    peak = known_peak(torch.cuda.get_device_name(device))
+    if peak is None:
+        return None
+    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "tf32")
+    return peak.tflops.get(key, 0) * 1e12 or None

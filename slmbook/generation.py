@@ -22,14 +22,13 @@ Sampling draws from a `torch.Generator` seeded with `seed`, so a seeded run repe
 from __future__ import annotations
 
 import contextlib
-
 import math
 
 import numpy as np
 import torch
 
+from slmbook.config import check_token_ids
 from slmbook.kv_cache import KVCache
-from slmbook.qwen import check_token_ids
 
 CACHE_KINDS = ("preallocated", "growing", "static")
 

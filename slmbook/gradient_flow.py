@@ -106,7 +106,7 @@ class FeedForwardStack(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         h = self.in_proj(self.embed_tokens(input_ids).flatten(1))
-        for norm, block in zip(self.norms, self.blocks):
+        for norm, block in zip(self.norms, self.blocks, strict=True):
             h = h + block(norm(h)) if self.residual else block(norm(h))
         return self.lm_head(self.norm(h))
 
@@ -131,7 +131,7 @@ def _check_tokens(tokens, model: FeedForwardStack) -> None:
 def block_gradient_norms(model: FeedForwardStack) -> list[float]:
     """L2 norm of the current .grad of each block's parameters (its norm and its SwiGLU), bottom first."""
     norms = []
-    for norm, block in zip(model.norms, model.blocks):
+    for norm, block in zip(model.norms, model.blocks, strict=True):
         grads = [p.grad.double().pow(2).sum() for p in (*norm.parameters(), *block.parameters()) if p.grad is not None]
         norms.append(torch.stack(grads).sum().sqrt().item() if grads else 0.0)
     return norms

@@ -34,8 +34,8 @@ pass, gives the auxiliary loss a gradient of 1. So any training loop trains an M
 balancing, and its logged loss stays the plain cross-entropy, comparable with a dense model's.
 
 The layout and names follow transformers' Qwen3-MoE (`mlp.gate` the router, `mlp.experts.{i}` the
-experts as in its checkpoint files), so `to_transformers_moe` / `from_transformers_moe` move weights
-across, and the tests prove the logits equal to Qwen3MoeForCausalLM's.
+experts as in its checkpoint files), so `slmbook.hf_interop.to_transformers_moe` / `from_transformers_moe`
+move weights across, and the tests prove the logits equal to Qwen3MoeForCausalLM's.
 """
 
 from __future__ import annotations
@@ -391,112 +391,3 @@ class ExpertLoadRecorder:
         if not self.history[0]:
             return torch.zeros(0, len(self.layers), self.layers[0].n_experts, dtype=torch.int64)
         return torch.stack([torch.stack(h) for h in self.history], dim=1)
-
-
-# ------------------------------------------------------------------------------------------------
-# transformers' Qwen3-MoE
-# ------------------------------------------------------------------------------------------------
-
-
-def hf_moe_config_kwargs(config: QwenConfig) -> dict:
-    """Keyword arguments for transformers.Qwen3MoeConfig describing the same model.
-
-    Qwen3-MoE routes with a softmax, has no shared experts, no capacity limit and no balance bias:
-    configurations using those are refused rather than converted into a different model.
-    """
-    from slmbook.qwen import hf_config_kwargs
-
-    if not config.is_moe:
-        raise ValueError("config.n_experts=0: a dense config maps to transformers.Qwen3Config (slmbook.qwen)")
-    unsupported = {"router_score": config.router_score != "softmax", "n_shared_experts": config.n_shared_experts > 0,
-                   "capacity_factor": config.capacity_factor is not None,
-                   "router_bias_update_rate": config.router_bias_update_rate > 0}
-    if any(unsupported.values()):
-        raise ValueError(f"{[k for k, v in unsupported.items() if v]}: transformers' Qwen3-MoE has no equivalent "
-                         "(it routes with a softmax, without shared experts, capacity or balance bias)")
-    values = hf_config_kwargs(config)
-    values.update(num_experts=config.n_experts, num_experts_per_tok=config.n_experts_per_token,
-                  moe_intermediate_size=config.expert_hidden_dim, norm_topk_prob=config.router_normalize,
-                  decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=config.router_aux_loss_coef)
-    return values
-
-
-def _expert_keys(layer: str, e: int) -> tuple[str, str, str]:
-    return tuple(f"{layer}.mlp.experts.{e}.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj"))
-
-
-def to_hf_moe_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Our weights under the names and shapes of transformers' in-memory Qwen3MoeForCausalLM, whose
-    experts are fused: gate_up_proj (n_experts, 2 * hidden, dim) and down_proj (n_experts, dim, hidden)."""
-    from slmbook.qwen import to_hf_state_dict
-
-    state = to_hf_state_dict(model)
-    config = model.config
-    for i in range(config.n_layers):
-        layer = f"model.layers.{i}"
-        gates, ups, downs = [], [], []
-        for e in range(config.n_experts):
-            g, u, dn = (state.pop(key) for key in _expert_keys(layer, e))
-            gates.append(g), ups.append(u), downs.append(dn)
-        state[f"{layer}.mlp.experts.gate_up_proj"] = torch.cat([torch.stack(gates), torch.stack(ups)], dim=1)
-        state[f"{layer}.mlp.experts.down_proj"] = torch.stack(downs)
-    return state
-
-
-def split_hf_moe_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' fused expert tensors -> one tensor per expert and projection (the names of the
-    Qwen3-MoE checkpoint files, which `slmbook.qwen.load_hf_state_dict` then loads as they are)."""
-    out = {}
-    for name, tensor in hf_state.items():
-        if name.endswith(".mlp.experts.gate_up_proj"):
-            layer = name.removesuffix(".mlp.experts.gate_up_proj")
-            gate, up = tensor.chunk(2, dim=1)
-            for e in range(tensor.shape[0]):
-                g, u, _ = _expert_keys(layer, e)
-                out[g], out[u] = gate[e], up[e]
-        elif name.endswith(".mlp.experts.down_proj"):
-            layer = name.removesuffix(".mlp.experts.down_proj")
-            for e in range(tensor.shape[0]):
-                out[_expert_keys(layer, e)[2]] = tensor[e]
-        else:
-            out[name] = tensor
-    return out
-
-
-def config_from_hf_moe(hf_config, dtype=None, context_length: int | None = None) -> QwenConfig:
-    """A QwenConfig from a transformers Qwen3MoeConfig (every layer sparse)."""
-    from slmbook.qwen import config_from_hf, hf_config_dict, require_hf_keys
-
-    c = hf_config_dict(hf_config)
-    if c.get("model_type") != "qwen3_moe":
-        raise ValueError(f"model_type={c.get('model_type')!r}: expected 'qwen3_moe'")
-    require_hf_keys(c, ["num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob"], "a Qwen3-MoE model")
-    if c.get("num_experts") is None and c.get("num_local_experts") is None:
-        raise ValueError(f"hf_config is missing 'num_experts' (or 'num_local_experts'), needed to build a Qwen3-MoE "
-                         f"model; it has {sorted(c)}")
-    if c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1:
-        raise ValueError("mlp_only_layers / decoder_sparse_step != 1: our MoE model uses experts in every layer")
-    dense = config_from_hf({**c, "model_type": "qwen3"}, dtype=dtype, context_length=context_length)
-    n_experts = c["num_experts"] if c.get("num_experts") is not None else c["num_local_experts"]  # json vs to_dict()
-    return dense.replace(n_experts=n_experts, n_experts_per_token=c["num_experts_per_tok"],
-                         moe_hidden_dim=c["moe_intermediate_size"], router_normalize=c["norm_topk_prob"],
-                         router_aux_loss_coef=c.get("router_aux_loss_coef", 0.0))
-
-
-def from_transformers_moe(hf_model, attn_impl: str = "sdpa"):
-    """Our model with the weights of a transformers Qwen3MoeForCausalLM."""
-    from slmbook.qwen import QwenModel, load_hf_state_dict
-
-    dtype = next(hf_model.parameters()).dtype
-    model = QwenModel(config_from_hf_moe(hf_model.config, dtype=dtype), attn_impl=attn_impl)
-    return load_hf_state_dict(model, split_hf_moe_state_dict(hf_model.state_dict()))
-
-
-def to_transformers_moe(model, attn_implementation: str = "eager"):
-    """A transformers Qwen3MoeForCausalLM with our MoE model's weights."""
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    from slmbook.qwen import build_transformers_model
-
-    hf_config = Qwen3MoeConfig(**hf_moe_config_kwargs(model.config), attn_implementation=attn_implementation)
-    return build_transformers_model(Qwen3MoeForCausalLM, hf_config, to_hf_moe_state_dict(model), model.config.dtype)

@@ -370,7 +370,7 @@ class MLP:
         activation(act)  # validate early
         generator = torch.Generator().manual_seed(seed)
         self.layers: list = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             weight = init_weight(fan_in, fan_out, init, std, generator, dtype)
             self.layers.append(Linear(weight, torch.zeros(fan_out, dtype=dtype)))
             if i < len(sizes) - 2:

@@ -6,11 +6,12 @@
     python -m slmbook.notebooks run 07 --inplace           # refresh the committed outputs
     python -m slmbook.notebooks check                      # conventions of every notebook
     python -m slmbook.notebooks new 07                     # scaffold a chapter notebook
+    python -m slmbook.notebooks pin                        # set-up cells install v<__version__> on Colab
 
 Conventions (checked by `check` and by tests/test_notebook_conventions.py): the file is named after its
 chapter (`slmbook.chapters`); cell 1 is the markdown title "# Chapter N · Title"; cell 2 is the set-up
-cell below, verbatim; exactly one code cell is tagged `parameters` and assigns only literal defaults
-that run the chapter on 2 CPU cores in about a minute; the notebook seeds its random generators
+cell below, verbatim, pinned to the package version (`pinned_ref`); exactly one code cell is tagged
+`parameters` and assigns only literal defaults that run the chapter on 2 CPU cores in about a minute; the notebook seeds its random generators
 (`seed_everything`); every code cell was executed in order, outputs are stored, and none is an error.
 """
 
@@ -26,8 +27,9 @@ from pathlib import Path
 from slmbook.chapters import CHAPTERS, Chapter, chapter
 
 SETUP_CELL = '''\
-# Set-up. On Google Colab this installs slmbook (with its data) from GitHub; on your machine or on
-# Binder the package is installed already (see the README) and this cell does nothing.
+# Set-up. On Google Colab this installs slmbook (with its data) from GitHub, at the version these
+# outputs were made with ({ref}); on your machine or on Binder the package is installed already (see
+# the README) and this cell does nothing.
 import sys
 
 if "google.colab" in sys.modules:
@@ -36,7 +38,7 @@ if "google.colab" in sys.modules:
     import importlib
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "slmbook @ git+https://github.com/{repository}@{branch}"], check=True)
+                    "slmbook @ git+https://github.com/{repository}@{ref}"], check=True)
     importlib.invalidate_caches()  # the new package imports in this session, no restart needed
 
 %matplotlib inline'''
@@ -47,10 +49,43 @@ class NotebookFailed(RuntimeError):
     """A notebook raised an error while it ran."""
 
 
-def setup_cell_source() -> str:
-    from slmbook.chapters import BRANCH, REPOSITORY
+def pinned_ref() -> str:
+    """The git tag the notebooks' set-up cell installs on Colab: v<the package version>.
 
-    return SETUP_CELL.format(repository=REPOSITORY, branch=BRANCH)
+    Pinned, not `main`: a notebook's stored outputs were made by one version of the package, and an
+    old notebook opened on Colab must get that version, not whatever main has become. A release bumps
+    `__version__` (and pyproject.toml), tags the commit v<version>, and runs `python -m slmbook.notebooks
+    pin`; `run --inplace` pins each notebook it executes too.
+    """
+    from slmbook import __version__
+
+    return f"v{__version__}"
+
+
+def setup_cell_source(ref: str | None = None) -> str:
+    """The set-up cell, installing `ref` (default: `pinned_ref()`) of the project's repository on Colab."""
+    from slmbook.chapters import REPOSITORY
+
+    return SETUP_CELL.format(repository=REPOSITORY, ref=ref or pinned_ref())
+
+
+def pin(keys=None) -> list[Path]:
+    """Rewrite the set-up cell (the first code cell) of the notebooks named by `keys` (default: all) to
+    install `pinned_ref()`; only that cell's source changes. Returns the notebooks that changed."""
+    changed = []
+    lines = setup_cell_source().splitlines(keepends=True)
+    for path in notebook_paths(keys or ()):
+        text = path.read_text(encoding="utf-8")
+        nb = json.loads(text)
+        cell = next((c for c in nb["cells"] if c.get("cell_type") == "code"), None)
+        if cell is None:
+            raise ValueError(f"{path.name}: has no code cell to hold the set-up cell")
+        if _source(cell) == "".join(lines):
+            continue
+        cell["source"] = lines
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        changed.append(path)
+    return changed
 
 
 def notebooks_dir() -> Path:
@@ -167,6 +202,8 @@ def run(keys=None, params: dict | None = None, out_dir: str | Path = "executed",
         raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
     checked = {path: check_parameters(path, params) for path in paths}  # all errors before any run
     written = []
+    if inplace:
+        pin(paths)  # the stored outputs will come from this version: the set-up cell installs it
     for path in paths:
         target = path if inplace else Path(out_dir) / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +319,8 @@ def _main(argv=None) -> int:
     p_run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     p_check = sub.add_parser("check", help="check notebook conventions")
     p_check.add_argument("notebooks", nargs="*")
+    p_pin = sub.add_parser("pin", help="make the set-up cell install this package version on Colab")
+    p_pin.add_argument("notebooks", nargs="*", help="chapter numbers or names (default: all that exist)")
     p_new = sub.add_parser("new", help="scaffold a chapter notebook")
     p_new.add_argument("chapter")
     args = parser.parse_args(argv)
@@ -306,6 +345,9 @@ def _main(argv=None) -> int:
             print(f"checked {len(paths)} notebook(s): {len(problems)} problem(s); "
                   f"missing chapters: {[ch.number for ch in missing()] or 'none'}")
             return 1 if problems else 0
+        elif args.command == "pin":
+            changed = pin(args.notebooks)
+            print(f"set-up cells install {pinned_ref()}: {len(changed)} notebook(s) changed")
         elif args.command == "new":
             print(f"created {new(args.chapter)}")
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotebookFailed) as error:

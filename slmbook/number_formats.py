@@ -253,7 +253,7 @@ def draw_bits(x: float, formats=("fp32", "fp16", "bf16", "fp8 e4m3", "fp8 e5m2")
         y = len(formats) - 1 - row
         fields = bit_fields(x, fmt)
         col = 0
-        for field, text in zip(("sign", "exponent", "mantissa"), fields):
+        for field, text in zip(("sign", "exponent", "mantissa"), fields, strict=True):
             for bit in text:
                 ax.add_patch(plt.Rectangle((col, y), 0.9, 0.8, color=colours[field], alpha=0.85))
                 ax.text(col + 0.45, y + 0.4, bit, ha="center", va="center", color="white", fontsize=8)

@@ -38,12 +38,12 @@ class Optimizer:
     def step(self, grads: list[torch.Tensor]) -> None:
         if len(grads) != len(self.params):
             raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
-        for p, g in zip(self.params, grads):
+        for p, g in zip(self.params, grads, strict=True):
             if g.shape != p.shape:
                 raise ValueError(f"gradient shape {tuple(g.shape)} does not match parameter {tuple(p.shape)}")
         self.t += 1
         with torch.no_grad():
-            for i, (p, g) in enumerate(zip(self.params, grads)):
+            for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
                 self._update(i, p, g)
 
     def _update(self, i: int, p: torch.Tensor, g: torch.Tensor) -> None:

@@ -142,7 +142,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Rotate x (..., T, head_dim) as if its tokens sat at positions start .. start+T-1."""
-        if x.shape[-1] != self.head_dim:
+        if x.shape[-1] != self.head_dim:  # a shape check, free; chapter 7 calls this module directly
             raise ValueError(f"x.shape[-1]={x.shape[-1]} but this RotaryEmbedding has head_dim={self.head_dim}")
         cos, sin = self.cos_sin(start, x.shape[-2])
         return apply_rope(x, cos, sin)

@@ -133,26 +133,16 @@ def default_stories_dir() -> Path:
 
 
 def local_files(stories_dir: str | Path | None = None) -> tuple[list[Path], Path]:
-    """(training files, validation file) of a folder of TinyStories text files."""
-    from slmbook.data import resource_path
+    """(training files, validation file) of a folder of TinyStories text files (`slmbook.data.story_files`);
+    None: `default_stories_dir()`."""
+    from slmbook.data import story_files
 
-    folder = Path(stories_dir) if stories_dir is not None else default_stories_dir()
-    if not folder.is_dir():
-        raise ValueError(f"stories_dir={str(folder)!r} is not a folder; point it at a folder of TinyStories .txt "
-                         f"files (story, then a line <|endoftext|>) or use source='hub'")
-    validation = folder / VALIDATION_FILE
-    if not validation.is_file():
-        validation = resource_path("tinystories", VALIDATION_FILE)  # the same 1,000 stories ship with slmbook
-    train = sorted(p for p in folder.glob("*.txt") if p.name != VALIDATION_FILE)
-    if not train:
-        raise ValueError(f"stories_dir={str(folder)!r} holds no training .txt files (only {VALIDATION_FILE} "
-                         "or nothing)")
-    return train, validation
+    return story_files(stories_dir if stories_dir is not None else default_stories_dir())
 
 
 def require_hub() -> None:
     """A RuntimeError saying why the hub source cannot run here: no `datasets`, or no hub."""
-    from slmbook.env import online
+    from slmbook.hub import online
 
     if importlib.util.find_spec("datasets") is None:
         raise RuntimeError("source='hub' needs the `datasets` package: pip install datasets")

@@ -30,14 +30,22 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmbook.config import positive_int
+# Chapter 12 scores its table through `qz.evaluation_batches`, `qz.evaluate_nll`, `qz.forward_seconds` and
+# `qz.format_table`: names of the evaluation module (slmbook/evaluation.py), kept importable from here.
+from slmbook.evaluation import (  # noqa: F401
+    compare_variants,
+    evaluate_nll,
+    evaluation_batches,
+    format_table,
+    forward_seconds,
+    logits_of,
+)
 
 SCHEMES = ("absmax", "zeropoint")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -264,7 +272,7 @@ def pooled_error(model: nn.Module, skip=("lm_head",), **settings) -> dict[str, f
     weights = [m.weight.detach().float().cpu() for _, m in _linear_layers(model, skip)]
     quantized = [quantize(w, **settings) for w in weights]  # each weight once: its codes and its bytes
     original = torch.cat([w.flatten() for w in weights])
-    approx = torch.cat([q.dequantize(w.dtype).flatten() for q, w in zip(quantized, weights)])
+    approx = torch.cat([q.dequantize(w.dtype).flatten() for q, w in zip(quantized, weights, strict=True)])
     nbytes = sum(q.nbytes for q in quantized)
     return {"bits_per_weight": 8 * nbytes / original.numel(), **error_stats(original, approx)}
 
@@ -464,112 +472,16 @@ def apply_method(model: nn.Module, method: str) -> nn.Module:
     return quantize_model(model, **spec)
 
 
-def evaluation_batches(tokens, context: int, batch_size: int, max_windows: int | None = None,
-                       spread: bool = False) -> list[tuple]:
-    """Held-out (input_ids, targets) batches: non-overlapping windows of a token stream, window
-    i = tokens[i*context : i*context + context + 1], the windows the training engine
-    (slmbook.training.Trainer.evaluate) scores, so perplexities are comparable with training's.
-
-    `max_windows` keeps the first ones, or with `spread=True` that many spaced evenly over the whole
-    stream: a sample of every part of the held-out text (all the validation stories, not the first few)."""
-    tokens = torch.as_tensor(tokens).long().reshape(-1)
-    for name, value in (("context", context), ("batch_size", batch_size)):
-        positive_int(name, value)
-    if max_windows is not None:
-        positive_int("max_windows", max_windows)
-    windows = (tokens.numel() - 1) // context
-    if windows < 1:
-        raise ValueError(f"tokens: {tokens.numel()} ids are too few for one window of context={context}")
-    starts = torch.arange(windows)
-    if max_windows is not None and max_windows < windows:
-        starts = torch.linspace(0, windows - 1, max_windows).round().long() if spread else starts[:max_windows]
-    offsets = starts[:, None] * context + torch.arange(context + 1)
-    chunks = tokens[offsets]
-    return [(c[:, :-1], c[:, 1:]) for c in chunks.split(batch_size)]
-
-
-def logits_of(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The logits of `model` on `inputs`: our models return them, transformers' models return an
-    output object that holds them (`.logits`), so both are scored by the same code."""
-    out = model(inputs)
-    return out.logits if hasattr(out, "logits") else out
-
-
-@torch.no_grad()
-def evaluate_nll(model: nn.Module, batches) -> tuple[float, int, float]:
-    """(mean negative log-likelihood in nats per token, tokens scored, seconds) of `model` (ours or
-    a transformers causal LM) on `batches` of (input_ids, targets), with `slmbook.metrics.cross_entropy`."""
-    from slmbook.metrics import cross_entropy
-
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    start = time.perf_counter()
-    for inputs, targets in batches:
-        logits = logits_of(model, inputs.to(device))
-        total += cross_entropy(logits, targets.to(device), reduction="sum").item()
-        count += targets.numel()
-    if count == 0:
-        raise ValueError("batches held no target tokens")
-    return total / count, count, time.perf_counter() - start
-
-
-@torch.no_grad()
-def forward_seconds(model: nn.Module, inputs: torch.Tensor, repeats: int = 5) -> float:
-    """Median wall-clock seconds of one forward pass of `model` on `inputs` (after one untimed pass):
-    the speed column of the chapter's table, robust to one slow call."""
-    from slmbook.hardware import median_seconds
-
-    positive_int("repeats", repeats)
-    model.eval()
-    device = next(model.parameters()).device
-    inputs = inputs.to(device)
-    return median_seconds(lambda: logits_of(model, inputs), device, repeats=repeats, warmup=1)
+def weight_sizes(model: nn.Module) -> dict:
+    """The size columns of the chapter's table: bits per linear weight, bytes of the linear weights and
+    of the whole model."""
+    return {"bits_per_weight": linear_weight_bits(model), "weight_bytes": linear_weight_bytes(model),
+            "model_bytes": model_bytes(model)}
 
 
 def compare_methods(model: nn.Module, batches, methods=None, evaluate=None, repeats: int = 3) -> list[dict]:
-    """The chapter's table: for each method, bits per linear weight, bytes of the linear weights and
-    of the whole model, perplexity on `batches`, its change against fp32 (the first row), evaluation
-    tokens per second, and the median time of one forward pass on the first batch (`repeats` timed
-    passes; 0 skips the timing).
-
-    `evaluate(model, batches) -> (mean_nll, tokens, seconds)` defaults to `evaluate_nll`; pass the
-    training engine's evaluation to use exactly the code that reports validation loss in training.
-    """
-    methods = list(METHODS) if methods is None else list(methods)
-    evaluate = evaluate or evaluate_nll
-    batches = list(batches)
-    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 0:
-        raise ValueError(f"repeats={repeats!r}: must be an integer >= 0 (0: no timing)")
-    rows = []
-    for method in methods:
-        quantized = apply_method(model, method)
-        # sizes first: some bitsandbytes kernels repack their weights at the first forward pass
-        row = {"method": method, "bits_per_weight": linear_weight_bits(quantized),
-               "weight_bytes": linear_weight_bytes(quantized), "model_bytes": model_bytes(quantized)}
-        nll, tokens, seconds = evaluate(quantized, batches)
-        row.update(perplexity=math.exp(nll), tokens_per_s=tokens / seconds if seconds > 0 else math.inf,
-                   forward_seconds=forward_seconds(quantized, batches[0][0], repeats) if repeats else math.nan)
-        rows.append(row)
-        del quantized
-    base = next((r["perplexity"] for r in rows if r["method"] == "fp32"), rows[0]["perplexity"])
-    for row in rows:
-        row["perplexity_change"] = row["perplexity"] / base - 1
-    return rows
-
-
-def format_table(rows: list[dict], timings: bool = True, digits: int = 3) -> str:
-    """The table as aligned text: perplexity with `digits` decimals, and (optional: they differ from
-    run to run) the median time of one forward pass in ms."""
-    if not isinstance(digits, int) or isinstance(digits, bool) or not 0 <= digits <= 6:
-        raise ValueError(f"digits={digits!r}: must be an integer 0..6")
-    head = (f"{'method':28s} {'bits/weight':>11s} {'linear MB':>10s} {'model MB':>9s} {'perplexity':>10s} "
-            f"{'vs fp32':>8s}")
-    lines = [head + (f" {'forward':>10s}" if timings else "")]
-    for r in rows:
-        line = (f"{r['method']:28s} {r['bits_per_weight']:11.2f} {r['weight_bytes'] / 1e6:10.3f} "
-                f"{r['model_bytes'] / 1e6:9.3f} {r['perplexity']:10.{digits}f} {100 * r['perplexity_change']:+7.2f}%")
-        if timings:
-            line += f" {1e3 * r['forward_seconds']:7.1f} ms"
-        lines.append(line)
-    return "\n".join(lines)
+    """The chapter's table (`slmbook.evaluation.compare_variants`) over `methods` (default: every one of
+    METHODS): for each, the quantized copy's sizes (`weight_sizes`), perplexity on `batches` and its change
+    against fp32, evaluation tokens per second and the median time of one forward pass."""
+    return compare_variants(model, batches, list(METHODS) if methods is None else methods, apply_method,
+                            sizes=weight_sizes, evaluate=evaluate, repeats=repeats)

@@ -8,10 +8,10 @@
 with RoPE (chapter 7) inside attention, grouped-query attention with per-head QK-RMSNorm, SwiGLU, and
 the output head tied to the embedding table (one matrix for reading and writing tokens).
 
-Parameter names are those of `transformers`' Qwen3ForCausalLM minus its "model." prefix, and the one
-function `hf_name` converts; so a real Qwen3 checkpoint (a local folder with config.json and
-*.safetensors) loads with `from_pretrained`, and the tests prove the logits equal to `transformers`'
-to 1e-5 in float32.
+Parameter names are those of `transformers`' Qwen3ForCausalLM minus its "model." prefix, so the
+conversion both ways is a renaming (slmbook/hf_interop.py); a real Qwen3 checkpoint (a hub repository, or
+a local folder with config.json and *.safetensors) loads with `slmbook.pretrained.from_pretrained`, and
+the tests prove the logits equal to `transformers`' to 1e-5 in float32.
 
 Built for training too: the layers have no data-dependent Python branches and no `.item()` (the one
 read of the device is the entry check of the token ids, left out under torch.compile), the RoPE
@@ -22,16 +22,14 @@ tables are non-persistent buffers sized to the context, attention runs through
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slmbook.attention import GroupedQueryAttention, check_attn_impl
-from slmbook.config import QwenConfig
+from slmbook.config import QwenConfig, check_token_ids
 from slmbook.dtypes import torch_dtype
 from slmbook.feedforward import SwiGLU
 from slmbook.moe import MoEFeedForward
@@ -86,24 +84,6 @@ class TransformerBlock(nn.Module):
         x = self._sublayer(x, self.input_layernorm, attend)
         x = self._sublayer(x, self.post_attention_layernorm, self.mlp)
         return (x, weights[0]) if return_attention else x
-
-
-def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> None:
-    """A ValueError naming the first entry of `ids` that is not a token id (0 <= id < vocab_size);
-    `ignore_index` (the loss's -100) is allowed too. Costs one min/max (one device sync on a GPU):
-    an id outside the table would otherwise surface as an IndexError from inside torch, or on a GPU as
-    a device-side assert that poisons the whole process."""
-    if ids.numel() == 0 or ids.device.type == "meta":
-        return
-    valid = ids if ignore_index is None else ids.masked_fill(ids == ignore_index, 0)
-    low, high = torch.stack(torch.aminmax(valid)).tolist()
-    if low >= 0 and high < vocab_size:
-        return
-    bad = (valid < 0) | (valid >= vocab_size)
-    position = tuple(bad.nonzero()[0].tolist())
-    also = f" or {ignore_index} (ignored)" if ignore_index is not None else ""
-    raise ValueError(f"{name}[{', '.join(map(str, position))}]={ids[position].item()} is not a token id: allowed "
-                     f"0 <= id < vocab_size={vocab_size}{also} ({int(bad.sum())} of {ids.numel()} entries are outside)")
 
 
 def _tracing(ids: torch.Tensor) -> bool:
@@ -206,6 +186,7 @@ class QwenModel(nn.Module):
         With a KV cache the tokens are placed after the `kv_cache.length` already stored (a static cache
         gives their positions as a device tensor, so that the step can be recorded as a CUDA graph).
         """
+        # The model's entry checks (shapes and dtypes: metadata, no device read); the layers below trust them.
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.dtype not in (
                 torch.int64, torch.int32):
             raise ValueError(
@@ -246,6 +227,7 @@ class QwenModel(nn.Module):
             if targets.shape != getattr(input_ids, "shape", None):
                 raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape "
                                  f"{tuple(getattr(input_ids, 'shape', ()))}")
+        # The id range is the one check that reads the device; a traced or captured step cannot read it.
         if self.check_ids and isinstance(input_ids, torch.Tensor) and not _tracing(input_ids):
             self._check_ids(input_ids, targets)
         hidden = self.forward_hidden(input_ids, kv_cache, return_attention)
@@ -281,165 +263,14 @@ class QwenModel(nn.Module):
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------------
-# transformers' Qwen3: names, configs and checkpoints
-# ------------------------------------------------------------------------------------------------
+# Where the names that used to live here went (this module no longer converts to and from transformers):
+# an old `slmbook.qwen.from_pretrained` gets an error that says where to look, not a bare AttributeError.
+MOVED = {"from_pretrained": "slmbook.pretrained", **{name: "slmbook.hf_interop" for name in (
+    "hf_name", "our_name", "to_hf_state_dict", "load_hf_state_dict", "hf_config_dict", "require_hf_keys",
+    "config_from_hf", "hf_config_kwargs", "from_transformers", "to_transformers", "build_transformers_model")}}
 
 
-def hf_name(name: str) -> str:
-    """Our parameter name -> transformers' Qwen3ForCausalLM name (the one place they differ)."""
-    return name if name.startswith("lm_head.") else f"model.{name}"
-
-
-def our_name(hf: str) -> str:
-    """transformers' Qwen3ForCausalLM parameter name -> ours."""
-    return hf.removeprefix("model.")
-
-
-def to_hf_state_dict(model: QwenModel) -> dict[str, torch.Tensor]:
-    """Our weights under transformers' names (lm_head.weight included even when tied, as HF does)."""
-    return {hf_name(k): v for k, v in model.state_dict().items()}
-
-
-def load_hf_state_dict(model: QwenModel, hf_state: dict[str, torch.Tensor]) -> QwenModel:
-    """Load transformers-named weights into `model` (strict: every weight present, none unknown).
-
-    A tied model needs only model.embed_tokens.weight (Qwen3-0.6B's files hold no lm_head); if the
-    checkpoint also has lm_head.weight it must equal the embeddings.
-    """
-    ours = {our_name(k): v for k, v in hf_state.items()}
-    if model.config.tie_embeddings and "lm_head.weight" in ours:
-        head = ours.pop("lm_head.weight")
-        embed = ours.get("embed_tokens.weight")
-        if embed is not None and not torch.equal(head.to(embed.dtype), embed):
-            raise ValueError("the checkpoint's lm_head.weight differs from model.embed_tokens.weight, "
-                             "but the config has tie_embeddings=True: set tie_embeddings=False to load it")
-    expected = set(model.state_dict())
-    if model.config.tie_embeddings:
-        expected.discard("lm_head.weight")
-    missing, unknown = sorted(expected - set(ours)), sorted(set(ours) - expected)
-    if missing or unknown:
-        raise ValueError(f"checkpoint does not match the model: missing {missing[:8]}, unexpected {unknown[:8]}")
-    for name, tensor in ours.items():
-        target = model.get_parameter(name)
-        if tuple(tensor.shape) != tuple(target.shape):
-            raise ValueError(f"{hf_name(name)} has shape {tuple(tensor.shape)}, "
-                             f"the model expects {tuple(target.shape)}")
-    with torch.no_grad():
-        for name, tensor in ours.items():
-            model.get_parameter(name).copy_(tensor)
-    return model
-
-
-def hf_config_dict(hf_config) -> dict:
-    """The fields of a transformers config object, or the dict of a config.json as it is."""
-    if isinstance(hf_config, dict):
-        return hf_config
-    if not callable(getattr(hf_config, "to_dict", None)):
-        raise TypeError(f"hf_config={type(hf_config).__name__}: expected a transformers config or the dict of "
-                        "its config.json")
-    return hf_config.to_dict()
-
-
-def require_hf_keys(c: dict, keys, what: str) -> None:
-    """A ValueError naming every key of `keys` that the transformers config `c` lacks (or sets to null)."""
-    missing = [k for k in keys if c.get(k) is None]
-    if missing:
-        raise ValueError(f"hf_config is missing {missing}, needed to build {what}; it has {sorted(c)}")
-
-
-def config_from_hf(hf_config, dtype=None, context_length: int | None = None) -> QwenConfig:
-    """A QwenConfig from a transformers Qwen3 config (a Qwen3Config or the dict of config.json).
-
-    Refuses what our model does not implement (other activations, attention biases, sliding
-    windows, RoPE scaling) instead of loading a model that would silently differ.
-    """
-    c = hf_config_dict(hf_config)
-    if c.get("model_type", "qwen3") != "qwen3":
-        raise ValueError(f"model_type={c.get('model_type')!r}: only 'qwen3' checkpoints are supported")
-    require_hf_keys(c, ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                        "rms_norm_eps"] + ([] if context_length else ["max_position_embeddings"]), "a Qwen3 model")
-    if c.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act={c['hidden_act']!r}: our SwiGLU uses 'silu'")
-    if c.get("attention_bias", False):
-        raise ValueError("attention_bias=True: our attention projections have no bias")
-    if c.get("use_sliding_window", False):
-        raise ValueError("use_sliding_window=True: our attention is full causal attention")
-    rope = c.get("rope_parameters") or {}
-    scaling = c.get("rope_scaling")
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if scaling or rope_type != "default":
-        raise ValueError(f"RoPE scaling {scaling or rope!r}: only plain RoPE ('default') is supported")
-    theta = rope.get("rope_theta", c.get("rope_theta", 10_000.0))
-    n_heads = c["num_attention_heads"]
-    return QwenConfig(
-        vocab_size=c["vocab_size"],
-        context_length=context_length or c["max_position_embeddings"],
-        dim=c["hidden_size"],
-        n_layers=c["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=c.get("num_key_value_heads") or n_heads,
-        head_dim=c.get("head_dim") or c["hidden_size"] // n_heads,
-        hidden_dim=c["intermediate_size"],
-        rope_theta=float(theta) if isinstance(theta, int) and not isinstance(theta, bool) else theta,
-        norm_eps=c["rms_norm_eps"],
-        tie_embeddings=c.get("tie_word_embeddings", False),
-        qk_norm=True,
-        dtype=str(torch_dtype(dtype or c.get("dtype") or c.get("torch_dtype") or "float32")).removeprefix("torch."),
-    )
-
-
-def hf_config_kwargs(config: QwenConfig) -> dict:
-    """Keyword arguments for transformers.Qwen3Config describing the same model."""
-    if not config.qk_norm:
-        raise ValueError("qk_norm=False has no transformers Qwen3 equivalent (Qwen3 always normalises q and k)")
-    return dict(
-        vocab_size=config.vocab_size, max_position_embeddings=config.context_length, hidden_size=config.dim,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
-        num_key_value_heads=config.n_kv_heads, head_dim=config.head_dim, intermediate_size=config.hidden_dim,
-        rope_theta=config.rope_theta, rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
-        hidden_act="silu", attention_bias=False, use_sliding_window=False,
-    )
-
-
-def from_transformers(hf_model, attn_impl: str = "sdpa") -> QwenModel:
-    """Our model with the weights of a transformers Qwen3ForCausalLM."""
-    dtype = next(hf_model.parameters()).dtype
-    model = QwenModel(config_from_hf(hf_model.config, dtype=dtype), attn_impl=attn_impl)
-    return load_hf_state_dict(model, hf_model.state_dict())
-
-
-def to_transformers(model: QwenModel, attn_implementation: str = "eager"):
-    """A transformers Qwen3ForCausalLM with our model's weights (needs `transformers`)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    hf_config = Qwen3Config(**hf_config_kwargs(model.config), attn_implementation=attn_implementation)
-    return build_transformers_model(Qwen3ForCausalLM, hf_config, to_hf_state_dict(model), model.config.dtype)
-
-
-def build_transformers_model(model_class, hf_config, hf_state: dict[str, torch.Tensor], dtype):
-    """`model_class(hf_config)` in `dtype`, eval mode, holding `hf_state`; every weight must be taken."""
-    hf_model = model_class(hf_config).to(torch_dtype(dtype)).eval()
-    missing, unexpected = hf_model.load_state_dict(hf_state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"transformers model did not take every weight: missing {missing}, unexpected {unexpected}")
-    return hf_model
-
-
-def from_pretrained(name: str | Path, dtype=None, context_length: int | None = None, attn_impl: str = "sdpa",
-                    device=None, revision: str | None = None, cache_dir=None,
-                    local_files_only: bool = False) -> QwenModel:
-    """Load a Qwen3 checkpoint: a hub repository id ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B-Base") or a
-    local Hugging Face folder (config.json + *.safetensors, sharded or not).
-
-    `model = from_pretrained("Qwen/Qwen3-0.6B", dtype="bfloat16", context_length=4096)` downloads once
-    into the hub cache; offline it uses the cached copy, or raises slmbook.pretrained.PretrainedNotFound
-    saying how to pass a local folder instead. The weights load in `dtype` (default: the checkpoint's)
-    on `device` without an intermediate copy. `context_length` shortens the RoPE tables (Qwen3-0.6B
-    allows 40,960 positions); the weights do not depend on it. The same `load_hf_state_dict` as the
-    equivalence tests checks the mapping; slmbook/pretrained.py does the rest.
-    """
-    from slmbook.pretrained import load_model
-
-    return load_model(name, dtype=dtype, context_length=context_length, attn_impl=attn_impl, device=device,
-                      revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+def __getattr__(name: str):
+    if name in MOVED:
+        raise AttributeError(f"slmbook.qwen.{name} has moved: use {MOVED[name]}.{name}")
+    raise AttributeError(f"module 'slmbook.qwen' has no attribute {name!r}")

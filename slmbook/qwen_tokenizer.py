@@ -96,7 +96,7 @@ class QwenTokenizer:
     def from_pretrained(cls, name: str | Path, revision: str | None = None, cache_dir=None,
                         local_files_only: bool = False) -> "QwenTokenizer":
         """The tokenizer of a hub repository ("Qwen/Qwen3-0.6B") or a local folder; see slmbook.pretrained."""
-        from slmbook.pretrained import resolve
+        from slmbook.hub import resolve
 
         folder = resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                          need=("tokenizer",))

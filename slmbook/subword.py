@@ -144,7 +144,7 @@ def train_wordpiece(counts: Mapping[str, int], vocab_size: int, prefix: str = PR
         pieces, n = words[word], counts[word]
         for p in pieces:
             piece_counts[p] += sign * n
-        for pair in zip(pieces, pieces[1:]):
+        for pair in zip(pieces, pieces[1:], strict=False):
             pair_counts[pair] += sign * n
             if not pair_counts[pair]:
                 del pair_counts[pair]
@@ -164,7 +164,7 @@ def train_wordpiece(counts: Mapping[str, int], vocab_size: int, prefix: str = PR
         new = _join(a, b, prefix)
         for word in list(where.pop((a, b), ())):
             pieces = words[word]
-            if not any(x == a and y == b for x, y in zip(pieces, pieces[1:])):
+            if not any(x == a and y == b for x, y in zip(pieces, pieces[1:], strict=False)):
                 continue
             add(word, -1)
             merged, i = [], 0

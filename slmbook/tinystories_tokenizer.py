@@ -34,7 +34,7 @@ from pathlib import Path
 import tiktoken
 
 from slmbook.bpe import BPETokenizer
-from slmbook.data import iter_story_files, resource_path
+from slmbook.data import iter_story_files, resource_path, story_files
 
 VOCAB_SIZE = 4096  # 256 bytes + 3,839 merges + <|endoftext|>
 TOKENIZER_NAME = "tinystories-4k"
@@ -49,11 +49,10 @@ def tokenizer_path() -> Path:
 def training_stories(source: str | Path | None = None) -> tuple[list[str], dict]:
     """The normalized, exact-deduplicated training stories of a folder of TinyStories text (None = the
     stories shipped with slmbook), every story equal to a validation story left out, and a report of
-    what was read and removed. Which file holds the validation stories: `slmbook.prepare.local_files`."""
+    what was read and removed. Which file holds the validation stories: `slmbook.data.story_files`."""
     from slmbook.curation import normalize, story_hash
-    from slmbook.prepare import local_files
 
-    train_files, validation = local_files(source if source is not None else resource_path("tinystories"))
+    train_files, validation = story_files(source if source is not None else resource_path("tinystories"))
     validation_hashes = {story_hash(normalize(s)[0]) for s in iter_story_files([validation])}
     seen: set[str] = set()
     stories: list[str] = []

@@ -24,7 +24,7 @@ import regex
 import tiktoken
 
 from slmbook.data import EOT
-from slmbook.env import online
+from slmbook.hub import online
 
 ENDOFTEXT = EOT  # the story separator of the data files, and GPT-2's special token
 UNKNOWN = "<unk>"

@@ -42,7 +42,6 @@ AdamW's state and the step, so a run killed and resumed continues exactly as if 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,180 +52,19 @@ import torch
 import torch.nn.functional as F
 
 from slmbook import checkpoint
-from slmbook.config import BOOK, READER, READER_GPU, TINY, QwenConfig, refuse_unknown_fields
-from slmbook.env import PRECISIONS, precision_plan
-from slmbook.flops import training_flops_per_token
+from slmbook.dataloader import StepBatches, TokenBatches
+from slmbook.distributed import distributed_context, process_gpu
+from slmbook.env import pick_device, precision_plan, seed_everything
+from slmbook.evaluation import token_byte_lengths
+from slmbook.flops import default_peak_flops, training_flops_per_token
 from slmbook.fused_loss import FusedLossModel
 from slmbook.hardware import synchronize
 from slmbook.metrics import bits_per_byte
 from slmbook.qwen import QwenModel
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-# --- configuration ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (the model's shape included). Checked on creation."""
-
-    model: QwenConfig = TINY
-    steps: int = 200  # optimizer steps
-    batch_size: int = 8  # sequences per optimizer step, over all processes and micro-batches
-    grad_accum: int = 1  # micro-batches per step (per process): batch_size / (grad_accum * processes) each
-    context: int = 128  # tokens per training sequence (<= model.context_length)
-    lr: float = 3e-3  # peak learning rate, reached after warm-up
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-    warmup_steps: int = 20
-    weight_decay: float = 0.1  # on matrices only (see `parameter_groups`)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    precision: str = "auto"  # "bf16" or "fp16" autocast, "fp32", or "auto" = slmbook.env.precision_plan's choice
-    compile: bool = False  # torch.compile the model
-    compile_mode: str = "default"  # torch.compile's mode: "default", "max-autotune-no-cudagraphs", ...
-    attn_impl: str = "sdpa"  # "sdpa" (fused kernel) or "manual" (the formula, chapter 8)
-    loss_chunk: int = 0  # 0: the model's own head and loss; n > 0: `fused_linear_cross_entropy`, n tokens at a time
-    fused_optimizer: bool | None = None  # AdamW's fused kernel; None = on for CUDA
-    device: str = "auto"
-    seed: int = 0
-    log_interval: int = 10  # steps between train-loss logs (each costs one GPU sync)
-    eval_interval: int = 50  # steps between evaluations (0 = only at the end)
-    eval_batches: int = 8  # held-out batches of `batch_size` sequences per evaluation (0 = all)
-    checkpoint_interval: int = 0  # steps between checkpoints (0 = only at the end)
-    save_best: bool = False  # checkpoint only after an evaluation that beats the best validation loss
-    sample_tokens: int = 48  # length of the sample story generated at each evaluation (0 = none)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, QwenConfig):
-            raise TypeError(f"TrainConfig.model={self.model!r}: expected a slmbook.config.QwenConfig")
-        for name in ("steps", "batch_size", "grad_accum", "context"):
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "eval_batches", "checkpoint_interval", "sample_tokens", "eval_interval", "seed",
-                     "loss_chunk"):
-            _check_int(name, getattr(self, name), minimum=0)
-        _check_int("log_interval", self.log_interval, minimum=1)
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} exceeds steps={self.steps}: the learning "
-                             f"rate would never reach its peak lr={self.lr!r}; allowed warmup_steps 0..{self.steps}")
-        if self.context > self.model.context_length:
-            raise ValueError(f"TrainConfig.context={self.context}: must be <= model.context_length="
-                             f"{self.model.context_length}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"TrainConfig.batch_size={self.batch_size} is not divisible by grad_accum="
-                             f"{self.grad_accum}: allowed grad_accum values are "
-                             f"{[d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]}")
-        for name in ("lr", "eps"):
-            _check_float(name, getattr(self, name), low=0.0, low_open=True)
-        _check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        _check_float("weight_decay", self.weight_decay, low=0.0)
-        _check_float("grad_clip", self.grad_clip, low=0.0)
-        for name in ("beta1", "beta2"):
-            _check_float(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"TrainConfig.compile_mode={self.compile_mode!r} is unknown; allowed: {COMPILE_MODES}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision={self.precision!r} is unknown; allowed: {PRECISIONS}")
-        from slmbook.attention import ATTN_IMPLS
-
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"TrainConfig.attn_impl={self.attn_impl!r} is unknown; allowed: {ATTN_IMPLS}")
-        if self.fused_optimizer not in (None, True, False):
-            raise ValueError(f"TrainConfig.fused_optimizer={self.fused_optimizer!r}: allowed None (auto), True, False")
-        for name in ("compile", "save_best"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: allowed True or False")
-        _check_device(self.device)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.context
-
-    def replace(self, **changes) -> "TrainConfig":
-        """A copy with some fields changed (checked again); unknown names are refused."""
-        refuse_unknown_fields(type(self), changes)
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)  # the nested model config becomes a dict too
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        values = dict(values)
-        refuse_unknown_fields(cls, values)
-        if isinstance(values.get("model"), dict):
-            values["model"] = QwenConfig.from_dict(values["model"])
-        return cls(**values)
-
-
-def _check_device(device):
-    """A device name ("auto", "cpu", "cuda", "cuda:N", "mps"). Whether it exists is checked when training
-    starts (a config may be written on one machine for another)."""
-    from slmbook.env import DEVICES
-
-    kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
-    if kind not in DEVICES or (index and not (kind != "auto" and index.isdigit())) or device.endswith(":"):
-        raise ValueError(f"TrainConfig.device={device!r} is unknown; allowed: {DEVICES} or 'cuda:N'")
-
-
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"TrainConfig.{name}={value!r}: must be an integer >= {minimum}")
-
-
-def _check_float(name, value, low=None, high=None, low_open=False, high_open=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
-        span = f"{left}{low}, {high if high is not None else 'inf'}{right}"
-        raise ValueError(f"TrainConfig.{name}={value!r}: must be a finite number in {span}")
-
-
-# The runs the book names; change anything with .replace().
-# "tiny": the notebooks' quick mode and CI, a few minutes on a laptop CPU.
-# "book": chapter 14's run on one GPU: the BOOK model, 1,000 steps of 32 x 512 tokens (16 M tokens, about
-# 7 epochs of the 2.2 M deduplicated local stories; a minute or two on an H100), evaluated on all the
-# validation stories every 50 steps, keeping the checkpoint of the best validation loss (on so little
-# data the model starts memorising after a few epochs). Its fast path: torch.compile with CUDA graphs
-# ("reduce-overhead": a small model's step is too short to launch its hundreds of kernels one by one
-# from Python) and the fused output head + loss.
-PRESETS = {
-    "tiny": TrainConfig(),
-    "book": TrainConfig(model=BOOK, steps=1000, batch_size=32, context=512, lr=1e-3, warmup_steps=50,
-                        compile=True, compile_mode="reduce-overhead", loss_chunk=8192, log_interval=25,
-                        eval_interval=50, eval_batches=0, save_best=True, sample_tokens=120),
-    # The reader's models on the book's TinyStories tokenizer (`python -m slmbook.train --config reader`
-    # tokenizes the shipped sample with it). "reader": about a minute on 2 CPU cores, bounded by steps (not
-    # time), evaluated once at the end on all 1,000 validation stories; at equal compute, 4 sequences a step
-    # beat 8 and 16 (more updates; benchmarks/results/reader_cpu_preset.md). "reader-gpu": the shipped
-    # pretrained model, on all local stories (benchmarks/train_reader_model.py), keeping the best checkpoint.
-    "reader": TrainConfig(model=READER, steps=600, batch_size=4, context=256, lr=3e-3, warmup_steps=50,
-                          log_interval=20, eval_interval=0, eval_batches=0, sample_tokens=80),
-    "reader-gpu": TrainConfig(model=READER_GPU, steps=3000, batch_size=64, context=256, lr=2e-3, warmup_steps=100,
-                              compile=True, compile_mode="reduce-overhead", log_interval=50, eval_interval=100,
-                              eval_batches=0, save_best=True, sample_tokens=120),
-}
-# torch.compile modes that capture CUDA graphs; DDP's gradient all-reduce hooks run between the graphs'
-# pieces, so data-parallel runs use the same kernels without graphs (`compile_mode_for`).
-CUDA_GRAPH_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
-
-
-def compile_mode_for(mode: str, world_size: int) -> str:
-    """The torch.compile mode to use: `mode`, without CUDA graphs when several processes train (DDP)."""
-    return CUDA_GRAPH_MODES.get(mode, mode) if world_size > 1 else mode
-
-
-def training_preset(name: str) -> TrainConfig:
-    """A named training run: 'tiny' or 'book'."""
-    if name not in PRESETS:
-        raise ValueError(f"config={name!r} is unknown; allowed: {sorted(PRESETS)}")
-    return PRESETS[name]
-
+# The notebooks and readers import the run's definition from here, next to the loop that runs it
+# (`from slmbook.training import TrainConfig, Trainer, training_preset`); it lives in training_config.py.
+from slmbook.training_config import PRESETS, TrainConfig, compile_mode_for, training_preset  # noqa: F401
 
 # --- the pieces of the loop -------------------------------------------------------------------------
 
@@ -273,88 +111,6 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return precision_plan(device, config.precision).dtype
 
 
-def token_byte_lengths(encoding) -> torch.Tensor:
-    """UTF-8 bytes of every token id, (n_vocab,) int64; special tokens (<|endoftext|>) count 0 bytes.
-
-    Bits per byte divides the loss by the bytes of text the tokens spell; a story separator spells
-    no text of the story.
-    """
-    special = set()
-    if hasattr(encoding, "special_tokens_set"):
-        special = {encoding.encode_single_token(t) for t in encoding.special_tokens_set}
-    elif hasattr(encoding, "eot_token"):
-        special = {encoding.eot_token}
-    lengths = []
-    for i in range(encoding.n_vocab):
-        if i in special:
-            lengths.append(0)
-        elif hasattr(encoding, "decode_single_token_bytes"):
-            try:
-                lengths.append(len(encoding.decode_single_token_bytes(i)))
-            except KeyError:  # an id with no token (gaps in a vocabulary)
-                lengths.append(0)
-        else:
-            lengths.append(len(encoding.decode([i]).encode("utf-8")))
-    return torch.tensor(lengths, dtype=torch.int64)
-
-
-class StepBatches:
-    """The batch of every optimizer step, read from a token file through `slmbook.dataloader`.
-
-    Sequence number i = step * batch_size + row (row < batch_size, counted over all processes and
-    micro-batches) is window `order(epoch)[i mod W]` of the file, epoch = i // W, where the order is
-    `TokenBatches.order`, a seeded shuffle of the file's windows, and W is the number of windows
-    rounded down to whole batches. Two consequences:
-    - the batch of a step is a pure function of (file, seed, step): a resumed run reads exactly the
-      batches an uninterrupted one would;
-    - process r of N reads only its rows of each micro-batch (its own disjoint shard of the stream),
-      and the rows of all processes together are the one-process batch, whatever N and grad_accum:
-      data-parallel training computes the same thing as one process with the same batch_size.
-    """
-
-    def __init__(self, path: str | Path, batch_size: int, context: int, seed: int = 0,
-                 device: str | torch.device = "cpu"):
-        from slmbook.dataloader import TokenBatches
-
-        self.source = TokenBatches(path, batch_size=batch_size, context_length=context, seed=seed, device=device)
-        self.info, self.batch_size = self.source.info, batch_size
-        windows = len(self.source.windows)
-        self.per_epoch = windows - windows % batch_size
-        if self.per_epoch == 0:
-            raise ValueError(f"{path}: {windows} windows of {context + 1} tokens are fewer than "
-                             f"batch_size={batch_size}; "
-                             "use more data, a smaller batch_size or a shorter context")
-        self._orders: dict[int, np.ndarray] = {}
-
-    def order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = self.source.order(epoch)
-        return self._orders[epoch]
-
-    def windows(self, start: int, count: int) -> np.ndarray:
-        """Window numbers of sequences start .. start + count - 1."""
-        index = np.arange(start, start + count)
-        epochs, positions = index // self.per_epoch, index % self.per_epoch
-        out = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            here = epochs == epoch
-            out[here] = self.order(int(epoch))[positions[here]]
-        return out
-
-    def batch(self, step: int, micro: int = 0, grad_accum: int = 1, rank: int = 0,
-              world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) of micro-batch `micro` of process `rank` at optimizer step `step`, on the device."""
-        per = self.batch_size // (grad_accum * world_size)
-        start = step * self.batch_size + (micro * world_size + rank) * per
-        return self.source.batch(self.windows(start, per))
-
-    def epochs(self, steps: int) -> float:
-        """Passes over the training windows that `steps` optimizer steps make."""
-        return steps * self.batch_size / self.per_epoch
-
-
 # --- the trainer ------------------------------------------------------------------------------------
 
 
@@ -372,27 +128,6 @@ class History:
     @classmethod
     def from_dict(cls, values: dict) -> "History":
         return cls(list(values.get("train", [])), list(values.get("eval", [])), list(values.get("samples", [])))
-
-
-def process_gpu(device: str = "auto") -> torch.device | None:
-    """Under torchrun with GPUs: this process's own GPU (LOCAL_RANK), made the current device so that
-    NCCL and every allocation use it; None when the run is not to use CUDA (`device` another kind)."""
-    import os
-
-    if not (torch.cuda.is_available() and device in ("auto", "cuda")):
-        return None
-    gpu = torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))))
-    torch.cuda.set_device(gpu)
-    return gpu
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world_size) of this process: (0, 1) unless torch.distributed is initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 OOM_ADVICE = ("out of GPU memory during a training step. Lower, in this order: batch_size per micro-batch "
@@ -419,8 +154,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, train: str | Path, val: str | Path | None = None, encoding=None,
                  out: str | Path | None = None, resume: bool = False, peak_flops: float | None = None,
                  progress: bool = True, prompt: str = "Once upon a time", model: torch.nn.Module | None = None):
-        from slmbook.env import pick_device, seed_everything
-
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config={config!r}: expected a slmbook.training.TrainConfig")
         self.config = config
@@ -462,8 +195,6 @@ class Trainer:
         self.train_data = StepBatches(train, config.batch_size, config.context, config.seed, self.device)
         self.val_data = None
         if val is not None:
-            from slmbook.dataloader import TokenBatches
-
             self.val_data = TokenBatches(val, self.micro_batch, config.context, shuffle=False, device=self.device)
         if config.save_best and val is None:
             raise ValueError("save_best=True keeps the checkpoint of the best validation loss: pass val=... "
@@ -756,22 +487,9 @@ def update_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float
     Around 1e-3 is healthy; much larger means the learning rate is too high (the weights are being
     rewritten, not refined), much smaller that the model is barely moving.
     """
-    diff = torch.sqrt(sum(((a.detach().float() - b.float()) ** 2).sum() for a, b in zip(after, before)))
+    diff = torch.sqrt(sum(((a.detach().float() - b.float()) ** 2).sum() for a, b in zip(after, before, strict=True)))
     norm = torch.sqrt(sum((b.float() ** 2).sum() for b in before))
     return float(diff / norm)
-
-
-def default_peak_flops(device: torch.device, amp_dtype) -> float | None:
-    """The published dense peak (FLOP/s) of a known GPU for the precision in use; None on a CPU."""
-    if device.type != "cuda":
-        return None
-    from slmbook.hardware import known_peak
-
-    peak = known_peak(torch.cuda.get_device_name(device))
-    if peak is None:
-        return None
-    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "tf32")
-    return peak.tflops.get(key, 0) * 1e12 or None
 
 
 # --- debugging aids ---------------------------------------------------------------------------------
@@ -798,8 +516,6 @@ def overfit_one_batch(config: TrainConfig, tokens: torch.Tensor, targets: torch.
     The first check of any new model or loop: if it cannot memorise 8 sequences, something is
     broken (targets not shifted, gradients not flowing, a frozen layer), and no amount of data helps.
     """
-    from slmbook.env import seed_everything
-
     seed_everything(config.seed)
     model = QwenModel(config.model, attn_impl=config.attn_impl)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from slmbook import moe
+from slmbook import hf_interop, moe
 from slmbook.config import PRESETS as MODEL_PRESETS
 from slmbook.config import QwenConfig
 from slmbook.dataloader import TokenBatches, prepare_token_files, read_token_file, write_token_file
 from slmbook.generation import generate
-from slmbook.qwen import QwenModel, config_from_hf, from_pretrained, hf_config_kwargs
+from slmbook.hf_interop import config_from_hf, hf_config_kwargs
+from slmbook.pretrained import from_pretrained
+from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer
-from slmbook.training import PRESETS as TRAIN_PRESETS
-from slmbook.training import TrainConfig
+from slmbook.training_config import PRESETS as TRAIN_PRESETS
+from slmbook.training_config import TrainConfig
 
 SMALL = QwenConfig(vocab_size=100, context_length=32, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64)
 MOE = SMALL.replace(n_experts=4, n_experts_per_token=2)
@@ -231,9 +233,9 @@ CASES = [
     ("hf config key null", lambda e: config_from_hf({**hf_dict(), "vocab_size": None}), ValueError,
      ["missing ['vocab_size']"]),
     ("hf config not a config", lambda e: config_from_hf(42), TypeError, ["hf_config=int", "config.json"]),
-    ("hf moe config keys missing", lambda e: moe.config_from_hf_moe(hf_moe_dict(drop=("num_experts_per_tok",))),
+    ("hf moe config keys missing", lambda e: hf_interop.config_from_hf_moe(hf_moe_dict(drop=("num_experts_per_tok",))),
      ValueError, ["missing ['num_experts_per_tok']", "Qwen3-MoE"]),
-    ("hf moe config without experts", lambda e: moe.config_from_hf_moe(hf_moe_dict(drop=("num_experts",))),
+    ("hf moe config without experts", lambda e: hf_interop.config_from_hf_moe(hf_moe_dict(drop=("num_experts",))),
      ValueError, ["'num_experts'", "num_local_experts"]),
     ("config.json keys missing", lambda e: from_pretrained(pretrained_folder(e, hf_dict(drop=("num_hidden_layers",)))),
      ValueError, ["config.json", "missing ['num_hidden_layers']"]),

@@ -17,7 +17,8 @@ from slmbook.data import load_stories
 from slmbook.dataloader import write_token_file
 from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer
-from slmbook.training import TrainConfig, Trainer
+from slmbook.training import Trainer
+from slmbook.training_config import TrainConfig
 
 SMALL = QwenConfig(vocab_size=128, context_length=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)
 RUN = TrainConfig(model=SMALL, steps=6, batch_size=4, context=16, lr=3e-3, warmup_steps=2, log_interval=1,
@@ -64,7 +65,7 @@ def test_transformers_loads_the_checkpoint_and_gives_the_same_logits(tmp_path, t
 def test_a_mixture_of_experts_checkpoint_is_a_qwen3_moe_folder_for_transformers(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from slmbook.qwen import from_pretrained
+    from slmbook.pretrained import from_pretrained
 
     model = random_model(SMALL.replace(n_experts=4, n_experts_per_token=2, moe_hidden_dim=16)).eval()
     save_checkpoint(tmp_path, model)
@@ -103,7 +104,7 @@ def test_resumed_run_gives_bitwise_the_same_losses_as_an_uninterrupted_one(tmp_p
     got = second.run()
     assert [r["loss"] for r in got.train] == [r["loss"] for r in expected.train]  # bit for bit
     assert [r["val_loss"] for r in got.eval] == [r["val_loss"] for r in expected.eval]
-    for a, b in zip(second.model.parameters(), whole.model.parameters()):
+    for a, b in zip(second.model.parameters(), whole.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

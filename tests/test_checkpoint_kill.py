@@ -1,7 +1,7 @@
 """kill -9 a real training run at every stage of a checkpoint save: the last good checkpoint always loads
 and the command line always resumes to the losses of a run that was never stopped.
 
-Each killed run is a `python -m slmbook.train` process of its own (`slmbook.train.main` in a child
+Each killed run is a `python -m slmbook.train` process of its own (`slmbook.train_cli.main` in a child
 forked from a helper process that has imported torch once, so a kill costs a training step, not an
 interpreter start). The child stops at one named stage of its first save (`checkpoint.stage_hook`), says
 so on a pipe, and the test kills it by its pid with SIGKILL: no cleanup, no `finally`, no final save.
@@ -22,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slmbook import checkpoint, train as cli
+from slmbook import checkpoint
+from slmbook import train_cli as cli
 from slmbook.checkpoint import CheckpointError, load_model, read_state
 from slmbook.data import load_stories
 from slmbook.dataloader import write_token_file
@@ -36,7 +37,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win3
 ZYGOTE = r"""
 import json, os, sys, time, traceback
 import torch, torch._dynamo  # AdamW imports dynamo on first use: once here, not in every child
-import slmbook.train, slmbook.checkpoint as checkpoint
+import slmbook.checkpoint as checkpoint
+import slmbook.train_cli
 torch.set_num_threads(1)  # as in the test process: the same kernels, so the same losses bit for bit
 proto = sys.stdout
 print("ready", file=proto, flush=True)
@@ -55,7 +57,7 @@ for line in sys.stdin:
         checkpoint.stage_hook = stop
         code = 99
         try:
-            code = slmbook.train.main(request["args"])
+            code = slmbook.train_cli.main(request["args"])
         except BaseException:
             traceback.print_exc()
         finally:
@@ -180,7 +182,7 @@ def test_kill_minus_9_at_every_stage_of_a_save_loses_nothing(tmp_path, data, one
                 saving = step + 1  # each child resumes from `step` and is killed in its first save
                 seen = {}
 
-                def on_stop():  # where the kill lands: look at the disk the moment before it
+                def on_stop(seen=seen, stage=stage):  # where the kill lands: the disk the moment before it
                     seen["hidden"] = hidden(root)
                     seen["run"] = run.is_dir()
                     new = [p for p in root.iterdir() if p.name.startswith(".run.new-")]

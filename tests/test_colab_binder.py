@@ -34,7 +34,7 @@ def _run_setup_cell(monkeypatch, on_colab: bool):
 def test_setup_cell_installs_from_github_on_colab(monkeypatch):
     calls, magics = _run_setup_cell(monkeypatch, on_colab=True)
     assert calls == [[sys.executable, "-m", "pip", "install", "-q",
-                      "slmbook @ git+https://github.com/slmbook/slmbook@main"]]
+                      f"slmbook @ git+https://github.com/slmbook/slmbook@{notebooks.pinned_ref()}"]]
     assert magics == [("matplotlib", "inline")]
 
 
@@ -54,7 +54,7 @@ def test_every_notebook_starts_with_the_setup_cell():
 def test_binder_resolves_to_the_pyproject_dependencies(tmp_path):
     """Resolve what binder/postBuild installs (pip --dry-run) and compare it with pyproject.toml."""
     post = (ROOT / "binder" / "postBuild").read_text()
-    line = next(l for l in post.splitlines() if "pip install" in l)
+    line = next(text for text in post.splitlines() if "pip install" in text)
     args = line.split("pip install", 1)[1].split()
     args = [a for i, a in enumerate(args) if not a.startswith("--extra-index-url")
             and not (i and args[i - 1] == "--extra-index-url")]  # the CPU wheel index is not reachable offline

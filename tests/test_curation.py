@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -263,7 +263,7 @@ def test_add_noise_counts_what_it_changed(train):
     first = noisy[: len(stories)]  # the first copy of every story keeps its place
     assert counts["boilerplate"] == sum(n.endswith("\n\n" + footer) for n in first)
     assert counts["mojibake"] == sum(damage_mojibake(s) != s for s in stories) > 0
-    shortened = sum(len(n.removesuffix("\n\n" + footer)) < len(damage_mojibake(s)) for n, s in zip(first, stories))
+    shortened = sum(len(n.removesuffix("\n\n" + footer)) < len(damage_mojibake(s)) for n, s in zip(first, stories, strict=True))
     assert shortened <= counts["truncated"] and 0.4 < counts["truncated"] / len(stories) < 0.6
     assert 0.15 < counts["boilerplate"] / len(stories) < 0.35
     extra = Counter(noisy[len(stories):])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from slmbook import train as cli
+from slmbook import train_cli as cli
 
 ARGS = ["--config", "tiny", "--steps", "4", "--batch-size", "4", "--context", "32", "--lr", "0.01",
         "--warmup-steps", "1", "--log-interval", "1", "--eval-interval", "2", "--eval-batches", "1",

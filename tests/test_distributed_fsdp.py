@@ -64,7 +64,7 @@ def test_fsdp2_two_processes_match_one_unsharded_process():
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    for rank, losses, local, full in results:
+    for _rank, losses, local, full in results:
         assert losses == pytest.approx(reference, abs=1e-5)
         assert local < full and local >= full // 2 - 64, "each process stores about half the parameters"
 

@@ -100,10 +100,10 @@ def test_ch02_target_rank():
 
     assert ch02.check_target_rank(by_gather).correct
     assert ch02.check_target_rank(by_indexing).correct
-    counts_itself = ch02.check_target_rank(lambda l, t: (l >= l.gather(-1, t[..., None])).sum(-1))
+    counts_itself = ch02.check_target_rank(lambda logits, t: (logits >= logits.gather(-1, t[..., None])).sum(-1))
     assert counts_itself.status == "wrong"
-    assert ch02.check_target_rank(lambda l, t: l.argmax(dim=-1)).status == "wrong"
-    assert ch02.check_target_rank(lambda l, t: (l > l.gather(-1, t[..., None])).sum(-1).flatten()).status == "wrong"
+    assert ch02.check_target_rank(lambda logits, t: logits.argmax(dim=-1)).status == "wrong"
+    assert ch02.check_target_rank(lambda logits, t: (logits > logits.gather(-1, t[..., None])).sum(-1).flatten()).status == "wrong"
     assert _not_attempted_without_hint(ch02.check_target_rank(None))
 
 

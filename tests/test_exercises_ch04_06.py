@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import regex
 
-from slmbook.data import load_stories
 from slmbook import scaling
+from slmbook.data import load_stories
 from slmbook.exercises import ch04, ch05, ch06
 from slmbook.tokenizer import GPT2_PATTERN, gpt2_encoding
-
 
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
                     r"(?:\s?(%|k|M|B|million|billion)\b|%)?")
@@ -119,7 +118,7 @@ def test_ch05():
     counts = collections.Counter()
     for story in load_stories("validation", source="sample", verbose=False):
         ids = enc.encode_ordinary(story)
-        counts.update(b for a, b in zip(ids, ids[1:]) if a == named)
+        counts.update(b for a, b in zip(ids, ids[1:], strict=False) if a == named)
     p = counts[lily] / sum(counts.values())
     assert 0 < p < 1
     assert ch05.check_named_lily(p).correct
@@ -135,7 +134,7 @@ def test_ch06():
     for story in load_stories("validation", source="sample", verbose=False)[:200]:
         for piece in regex.findall(GPT2_PATTERN, story):
             b = piece.encode("utf-8")
-            pairs.update(zip(b, b[1:]))
+            pairs.update(zip(b, b[1:], strict=False))
     (best, count), (_, second) = pairs.most_common(2)
     assert ch06.first_merge()[0] == bytes(best)
     assert ch06.check_first_merge_count(count).correct

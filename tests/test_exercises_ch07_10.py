@@ -10,7 +10,6 @@ import torch
 
 from slmbook.exercises import ch07, ch08, ch09, ch10
 
-
 # --- reference answers, written from the formulas, not from slmbook ------------------------------
 
 def rope_by_hand(x, position, theta):
@@ -139,7 +138,7 @@ def test_ch09_configs_are_varied_and_loadable():
     """The made-up configs cover what the hint talks about, and build a real model shape."""
     import random
 
-    from slmbook.qwen import config_from_hf
+    from slmbook.hf_interop import config_from_hf
 
     rng = random.Random(9)
     configs = [ch09.random_hf_config(rng) for _ in range(12)]

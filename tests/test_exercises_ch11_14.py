@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from slmbook.config import BOOK
 from slmbook.exercises import ch11, ch14
 from slmbook.qwen import QwenModel
 
@@ -113,7 +112,8 @@ def test_ch14_wsd_schedule():
     assert ch14.check_wsd_schedule(off_by_one).status == "wrong"
 
     def cosine(step, steps, warmup, decay_steps, lr, min_lr):  # the library's schedule is another one
-        from slmbook.training import TrainConfig, learning_rate
+        from slmbook.training import learning_rate
+        from slmbook.training_config import TrainConfig
         return learning_rate(step, TrainConfig(steps=steps, warmup_steps=warmup, lr=lr, min_lr_ratio=min_lr / lr))
     assert ch14.check_wsd_schedule(cosine).status == "wrong"
     assert ch14.check_wsd_schedule(None).status == "not attempted"

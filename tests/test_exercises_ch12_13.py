@@ -2,10 +2,10 @@
 ones fail, a hint comes only after a wrong try, and no checker accepts a number the notebooks print."""
 
 import pytest
+from test_exercises_ch04_06 import assert_no_printed_answer, printed_numbers
 
 from slmbook import moe
 from slmbook.exercises import ch12, ch13
-from test_exercises_ch04_06 import assert_no_printed_answer, printed_numbers
 
 
 def test_absmax_codes_exercise():

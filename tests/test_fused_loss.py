@@ -14,7 +14,10 @@ import torch.nn.functional as F
 
 from slmbook import fused_loss
 from slmbook.fused_loss import (
-    FusedLossModel, fused_linear_cross_entropy, resolve_kernel, softmax_gradient_torch,
+    FusedLossModel,
+    fused_linear_cross_entropy,
+    resolve_kernel,
+    softmax_gradient_torch,
 )
 
 

@@ -8,7 +8,8 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from slmbook.config import QwenConfig
 from slmbook.generation import generate, sample_next_token, top_k_filter, top_p_filter
-from slmbook.qwen import QwenModel, from_transformers, hf_config_kwargs
+from slmbook.hf_interop import from_transformers, hf_config_kwargs
+from slmbook.qwen import QwenModel
 
 CONFIG = QwenConfig(vocab_size=101, context_length=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                     hidden_dim=64, rope_theta=10_000.0)

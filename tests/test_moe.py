@@ -10,7 +10,7 @@ from transformers import DeepseekV3Config, Qwen3MoeConfig, Qwen3MoeForCausalLM
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeTopKRouter, load_balancing_loss_func
 
-from slmbook import moe
+from slmbook import hf_interop, moe
 from slmbook.config import QwenConfig
 from slmbook.feedforward import SwiGLU
 from slmbook.qwen import QwenModel
@@ -170,7 +170,7 @@ def test_dispatch_gradients_equal_the_dense_reference():
     routing = m.gate.route(x)
     dense_reference(m, x, routing).pow(2).sum().backward()
     expected = [p.grad for p in m.parameters()] + [x.grad]
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -276,7 +276,7 @@ def test_auxiliary_losses_reach_the_gradients_without_changing_the_output():
 
 def reference(config: QwenConfig, seed: int = 0) -> Qwen3MoeForCausalLM:
     torch.manual_seed(seed)
-    hf = Qwen3MoeForCausalLM(Qwen3MoeConfig(**moe.hf_moe_config_kwargs(config), attn_implementation="eager")).eval()
+    hf = Qwen3MoeForCausalLM(Qwen3MoeConfig(**hf_interop.hf_moe_config_kwargs(config), attn_implementation="eager")).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             p.copy_(1.0 + 0.3 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
@@ -287,7 +287,7 @@ def reference(config: QwenConfig, seed: int = 0) -> Qwen3MoeForCausalLM:
 def test_moe_logits_equal_transformers_qwen3_moe(name):
     config = CONFIGS[name]
     hf = reference(config)
-    ours = moe.from_transformers_moe(hf)
+    ours = hf_interop.from_transformers_moe(hf)
     assert all(isinstance(layer.mlp, moe.MoEFeedForward) for layer in ours.layers)
     ids = torch.randint(0, config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -301,11 +301,11 @@ def test_moe_weights_go_back_to_transformers():
     torch.manual_seed(3)
     ours = QwenModel(BASE.replace(tie_embeddings=False))
     ours.init_weights(std=0.2)
-    hf = moe.to_transformers_moe(ours)
+    hf = hf_interop.to_transformers_moe(ours)
     ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (hf(ids).logits - ours(ids)).abs().max().item() <= 1e-5
-    assert set(moe.split_hf_moe_state_dict(hf.state_dict())) == {f"model.{k}" if not k.startswith("lm_head") else k
+    assert set(hf_interop.split_hf_moe_state_dict(hf.state_dict())) == {f"model.{k}" if not k.startswith("lm_head") else k
                                                                   for k in ours.state_dict()}
 
 
@@ -370,7 +370,7 @@ def test_errors_name_the_parameter():
     with pytest.raises(ValueError, match="update_bias needs bias_update_rate > 0"):
         moe.TopKRouter(8, 4, 2).update_bias(torch.ones(4))
     with pytest.raises(ValueError, match="router_score"):
-        moe.hf_moe_config_kwargs(BASE.replace(router_score="sigmoid"))
+        hf_interop.hf_moe_config_kwargs(BASE.replace(router_score="sigmoid"))
     with pytest.raises(ValueError, match="n_experts_per_token=3 exceeds n_experts=2"):
         BASE.replace(n_experts=2, n_experts_per_token=3)
     with pytest.raises(ValueError, match="set n_experts > 0"):

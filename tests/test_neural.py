@@ -102,7 +102,7 @@ def test_mlp_forward_and_gradients_match_torch_nn(act, norm, loss):
     ref_value, ref_grads = neural.gradients_by_autograd(mlp, x, target, loss)
     torch.testing.assert_close(value, ref_value)
     assert len(grads) == len(ref_grads) == 6
-    for mine, ref in zip(grads, ref_grads):
+    for mine, ref in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-12)
 
 
@@ -245,7 +245,7 @@ def test_minibatch_training_with_a_schedule_equals_torch_optim_and_lambda_lr():
         loss.backward()
         optimizer.step()
         scheduler.step()
-    for ours, theirs in zip(mlp.parameters(), reference.parameters()):
+    for ours, theirs in zip(mlp.parameters(), reference.parameters(), strict=True):
         assert torch.allclose(ours, theirs.detach(), rtol=0, atol=1e-12)
 
 

@@ -153,7 +153,7 @@ def test_layer_gradient_norms_equal_autograd_per_block():
     norms = layer_gradient_norms(model, ids[:, :-1], ids[:, 1:])
     assert all(p.grad is None for p in model.parameters())  # leaves no trace
     _, loss = model(ids[:, :-1], targets=ids[:, 1:])
-    for layer, norm in zip(model.layers, norms):
+    for layer, norm in zip(model.layers, norms, strict=True):
         grads = torch.autograd.grad(loss, list(layer.parameters()), retain_graph=True)
         assert norm == pytest.approx(torch.cat([g.flatten() for g in grads]).norm().item(), rel=1e-5)
     assert len(norms) == SMALL.n_layers
@@ -186,7 +186,7 @@ def test_feedforward_stack_is_its_formula(residual):
             norm.weight.uniform_(0.5, 1.5)
     ids = torch.randint(0, 11, (6, 3), generator=torch.Generator().manual_seed(0))
     h = model.embed_tokens.weight[ids].reshape(6, 15) @ model.in_proj.weight.T
-    for norm, block in zip(model.norms, model.blocks):
+    for norm, block in zip(model.norms, model.blocks, strict=True):
         ref_norm = torch.nn.RMSNorm(8, eps=norm.eps)
         ref_norm.load_state_dict(norm.state_dict())
         z = ref_norm(h)
@@ -223,7 +223,7 @@ def test_train_stack_first_step_is_adamw_on_the_first_batch():
     optimizer.step()
     assert result["loss"] == [pytest.approx(loss.item(), rel=1e-6)]
     assert result["gradient norms"] == pytest.approx(expected_norms, rel=1e-6)
-    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 
 

@@ -94,4 +94,23 @@ def test_check_flags_out_of_order_execution(chapter0):
 def test_setup_cell_installs_only_on_colab_from_the_project_repository():
     source = notebooks.setup_cell_source()
     assert 'if "google.colab" in sys.modules:' in source
-    assert "git+https://github.com/slmbook/slmbook@main" in source
+    assert "git+https://github.com/slmbook/slmbook@v" in source and "@main" not in source  # a fixed version
+
+
+def test_setup_cell_pins_the_package_version():
+    from slmbook import __version__
+
+    assert notebooks.pinned_ref() == f"v{__version__}"
+    assert f"git+https://github.com/slmbook/slmbook@v{__version__}\"" in notebooks.setup_cell_source()
+
+
+def test_pin_rewrites_only_the_setup_cell_source(chapter0):
+    before = json.loads(chapter0.read_text())
+    def unpin(nb):
+        nb["cells"][1]["source"] = notebooks.setup_cell_source(ref="main").splitlines(keepends=True)
+    _edit(chapter0, unpin)
+    assert any("set-up cell" in p for p in notebooks.check(chapter0))  # an unpinned cell is flagged
+    assert notebooks.pin([chapter0]) == [chapter0]
+    after = json.loads(chapter0.read_text())
+    assert after == before and notebooks.check(chapter0) == []  # outputs, metadata, other cells untouched
+    assert notebooks.pin([chapter0]) == []  # pinned already: nothing to write

@@ -27,11 +27,11 @@ def test_every_step_matches_torch_optim(name, kwargs, reference):
     for step in range(25):
         # a gradient that depends on the current point, as a real loss's would
         grads = [torch.sin(3 * p) + 0.1 * step for p in mine]
-        for p, grad in zip(theirs, [torch.sin(3 * p.detach()) + 0.1 * step for p in theirs]):
+        for p, grad in zip(theirs, [torch.sin(3 * p.detach()) + 0.1 * step for p in theirs], strict=True):
             p.grad = grad
         my_opt.step(grads)
         ref_opt.step()
-        for a, b in zip(mine, theirs):
+        for a, b in zip(mine, theirs, strict=True):
             torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12, msg=f"step {step + 1}")
 
 

@@ -60,3 +60,23 @@ def test_links_use_the_project_repository():
 
 def test_shipped_data_is_package_data():
     assert "resources/**/*" in PYPROJECT["tool"]["setuptools"]["package-data"]["slmbook"]
+
+
+def test_readme_package_tree_is_the_one_chapters_py_generates():
+    from slmbook.chapters import README_TREE, readme_tree
+
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.index(README_TREE[0]), readme.index(README_TREE[1]) + len(README_TREE[1])
+    assert readme[start:end] == readme_tree(), "run `python -m slmbook.chapters` to regenerate the README's tree"
+
+
+def test_package_tree_names_every_module_and_only_existing_ones():
+    from slmbook.chapters import package_tree
+
+    package = ROOT / "slmbook"
+    files = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    files |= {f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    named = [name for name, _, _ in package_tree()]
+    assert len(named) == len(set(named)), "a module stands twice in the tree"
+    assert sorted(files - set(named)) == [], "modules missing from slmbook/chapters.py (modules or support)"
+    assert sorted(set(named) - files) == [], "the tree names files that do not exist"

@@ -9,9 +9,20 @@ from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding, apply_rotary_pos_emb
 
 from slmbook.positional import (
-    LearnedPositions, RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope, binary_encoding, integer_encoding,
-    rope_cos_sin, rope_frequencies, rope_rotation_matrix, rope_wavelengths, scaled_rope_frequencies,
-    sinusoidal_encoding, yarn_attention_factor,
+    LearnedPositions,
+    RotaryEmbedding,
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    binary_encoding,
+    integer_encoding,
+    rope_cos_sin,
+    rope_frequencies,
+    rope_rotation_matrix,
+    rope_wavelengths,
+    scaled_rope_frequencies,
+    sinusoidal_encoding,
+    yarn_attention_factor,
 )
 
 

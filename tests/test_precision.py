@@ -19,7 +19,8 @@ from slmbook.dataloader import write_token_file
 from slmbook.env import PRECISIONS, bf16_supported, precision_plan
 from slmbook.fused_loss import FusedLossModel
 from slmbook.tokenizer import CharTokenizer
-from slmbook.training import TrainConfig, Trainer, autocast_dtype
+from slmbook.training import Trainer, autocast_dtype
+from slmbook.training_config import TrainConfig
 
 GPUS = {  # name as torch reports it, compute capability
     "T4": ("Tesla T4", (7, 5)),

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmbook import prepare as prep, train as cli
+from slmbook import prepare as prep
+from slmbook import train_cli as cli
 from slmbook.curation import jaccard, normalize, shingles
 from slmbook.data import EOT, SAMPLE_FILES, read_story_file, resource_path
 from slmbook.dataloader import read_token_file
@@ -67,7 +68,7 @@ def decoded_stories(path: Path) -> list[str]:
     ends = np.flatnonzero(np.asarray(tokens) == eot)
     assert len(ends) == info.n_stories and ends[-1] == len(tokens) - 1  # one eot after every story
     starts = np.concatenate([[0], ends[:-1] + 1])
-    return [gpt2_encoding().decode(tokens[a:b].tolist()) for a, b in zip(starts, ends)]
+    return [gpt2_encoding().decode(tokens[a:b].tolist()) for a, b in zip(starts, ends, strict=True)]
 
 
 def test_the_shipped_files_hold_distinct_stories(stories):
@@ -180,7 +181,7 @@ def test_the_hub_source_streams_deduplicates_and_keeps_validation_out(monkeypatc
 
     fake.load_dataset, fake.load_dataset_builder = load_dataset, load_dataset_builder
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    monkeypatch.setattr("slmbook.env.online", lambda host="huggingface.co", **kwargs: True)
+    monkeypatch.setattr("slmbook.hub.online", lambda host="huggingface.co", **kwargs: True)
     report = prep.prepare("hub", out=tmp_path / "hub", progress=False)
     assert sorted(asked) == [("roneneldan/TinyStories", "train", True), ("roneneldan/TinyStories", "validation", True)]
     assert report["stories_read"] == {"train": 312, "validation": 100}  # the empty row is skipped when read

@@ -23,10 +23,12 @@ import torch
 from test_qwen_tokenizer import write_tokenizer_files
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from slmbook import pretrained
+from slmbook import hub
 from slmbook.config import QWEN3_0_6B, QwenConfig
-from slmbook.pretrained import HUB_FILES, PretrainedNotFound, load_qwen3, load_state_dict, resolve
-from slmbook.qwen import QwenModel, config_from_hf, from_pretrained, hf_config_kwargs, to_hf_state_dict
+from slmbook.hf_interop import config_from_hf, hf_config_kwargs, to_hf_state_dict
+from slmbook.hub import HUB_FILES, PretrainedNotFound, resolve
+from slmbook.pretrained import from_pretrained, load_qwen3, load_state_dict
+from slmbook.qwen import QwenModel
 from slmbook.qwen_tokenizer import IM_END, QwenTokenizer
 
 REPO = "slmbook-tests/tiny-qwen3"  # never on the hub: even a networked run cannot download anything
@@ -182,7 +184,8 @@ def test_bfloat16_checkpoint_loads_as_bfloat16_without_float32(tmp_path):
 PEAK_SCRIPT = """
 import json, sys, torch
 from slmbook.config import QwenConfig
-from slmbook.qwen import QwenModel, from_pretrained
+from slmbook.qwen import QwenModel
+from slmbook.pretrained import from_pretrained
 
 def status(key):  # kB
     return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
@@ -268,7 +271,7 @@ def pretend_online(monkeypatch, endpoint: str) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
     for name in ("NO_PROXY", "no_proxy"):  # a CI proxy must not take the local requests
         monkeypatch.setenv(name, "127.0.0.1,localhost")
-    monkeypatch.setattr(pretrained, "online", lambda host: True)
+    monkeypatch.setattr(hub, "online", lambda host: True)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
 
 

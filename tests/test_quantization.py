@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
+from slmbook import evaluation as ev
 from slmbook import quantization as qz
 from slmbook.config import QwenConfig
 from slmbook.qwen import QwenModel
@@ -190,8 +191,8 @@ def test_quantize_model_replaces_the_linear_layers_but_the_head():
     linears = [mod for name, mod in m.named_modules() if type(mod) is torch.nn.Linear and not name.endswith("lm_head")]
     assert sum(isinstance(mod, qz.QuantizedLinear) for mod in q.modules()) == len(linears)
     assert type(q.lm_head) is torch.nn.Linear and q.lm_head.weight is q.embed_tokens.weight
-    weights = sum(l.weight.numel() for l in linears)
-    rows = sum(l.out_features for l in linears)
+    weights = sum(layer.weight.numel() for layer in linears)
+    rows = sum(layer.out_features for layer in linears)
     assert qz.model_bytes(q) == qz.model_bytes(m) - 4 * weights + weights + 4 * rows
     assert qz.linear_weight_bits(q) == pytest.approx(8 + 32 * rows / weights)
     assert qz.linear_weight_bits(m) == 32
@@ -272,18 +273,18 @@ def test_portable_4bit_path_computes_with_the_dequantized_weight():
 
 def test_evaluation_batches_are_consecutive_windows():
     tokens = torch.arange(50)
-    batches = qz.evaluation_batches(tokens, context=8, batch_size=4)
+    batches = ev.evaluation_batches(tokens, context=8, batch_size=4)
     x, y = batches[0]
     assert x[1].tolist() == list(range(8, 16)) and y[1].tolist() == list(range(9, 17))
     assert sum(b[0].shape[0] for b in batches) == (50 - 1) // 8
     with pytest.raises(ValueError, match="too few"):
-        qz.evaluation_batches(torch.arange(5), context=8, batch_size=1)
+        ev.evaluation_batches(torch.arange(5), context=8, batch_size=1)
 
 
 def test_evaluate_nll_equals_the_model_loss():
     m = model()
-    batches = qz.evaluation_batches(torch.randint(0, 97, (200,), generator=torch.Generator().manual_seed(1)), 16, 4)
-    nll, tokens, _ = qz.evaluate_nll(m, batches)
+    batches = ev.evaluation_batches(torch.randint(0, 97, (200,), generator=torch.Generator().manual_seed(1)), 16, 4)
+    nll, tokens, _ = ev.evaluate_nll(m, batches)
     with torch.no_grad():
         losses = [m(x, y)[1].item() * y.numel() for x, y in batches]
     assert tokens == sum(y.numel() for _, y in batches)
@@ -292,7 +293,7 @@ def test_evaluate_nll_equals_the_model_loss():
 
 def test_compare_methods_table():
     m = model()
-    batches = qz.evaluation_batches(torch.randint(0, 97, (300,), generator=torch.Generator().manual_seed(1)), 16, 8)
+    batches = ev.evaluation_batches(torch.randint(0, 97, (300,), generator=torch.Generator().manual_seed(1)), 16, 8)
     methods = ["fp32", "bf16", "int8 absmax per-channel", "int4 absmax group 32", "bnb LLM.int8", "bnb nf4"]
     rows = {r["method"]: r for r in qz.compare_methods(m, batches, methods)}
     assert list(rows) == methods
@@ -314,12 +315,12 @@ def test_compare_methods_table():
     assert all(r["forward_seconds"] > 0 for r in rows.values())
     assert rows["int8 absmax per-channel"]["weight_bytes"] == qz.linear_weight_bytes(
         qz.quantize_model(m, bits=8, scheme="absmax", granularity="channel"))
-    text = qz.format_table(list(rows.values()), timings=False)
+    text = ev.format_table(list(rows.values()), timings=False)
     assert "bnb nf4" in text and " ms" not in text
-    assert " ms" in qz.format_table(list(rows.values()))
-    assert f"{rows['fp32']['perplexity']:.1f} " in qz.format_table(list(rows.values()), digits=1)
+    assert " ms" in ev.format_table(list(rows.values()))
+    assert f"{rows['fp32']['perplexity']:.1f} " in ev.format_table(list(rows.values()), digits=1)
     with pytest.raises(ValueError, match="digits=-1"):
-        qz.format_table(list(rows.values()), digits=-1)
+        ev.format_table(list(rows.values()), digits=-1)
     with pytest.raises(ValueError, match="repeats=-1"):
         qz.compare_methods(m, batches, ["fp32"], repeats=-1)
     with pytest.raises(ValueError, match="method='int2'"):
@@ -360,9 +361,9 @@ def test_portable_bitsandbytes_turns_the_bf16_kernel_off_everywhere():
 def test_forward_seconds_is_a_positive_median_and_checks_repeats():
     m = model()
     ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
-    assert qz.forward_seconds(m, ids, repeats=3) > 0
+    assert ev.forward_seconds(m, ids, repeats=3) > 0
     with pytest.raises(ValueError, match="repeats=0"):
-        qz.forward_seconds(m, ids, repeats=0)
+        ev.forward_seconds(m, ids, repeats=0)
 
 
 def test_transformers_bitsandbytes_config_builds_the_layers_of_to_bitsandbytes(tmp_path):
@@ -376,7 +377,7 @@ def test_transformers_bitsandbytes_config_builds_the_layers_of_to_bitsandbytes(t
     m = model()
     save_checkpoint(tmp_path / "ck", m)
     ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(3))
-    batches = qz.evaluation_batches(torch.randint(0, 97, (200,), generator=torch.Generator().manual_seed(4)), 16, 4)
+    batches = ev.evaluation_batches(torch.randint(0, 97, (200,), generator=torch.Generator().manual_seed(4)), 16, 4)
     cases = {
         "int8": (transformers.BitsAndBytesConfig(load_in_8bit=True), qz.to_bitsandbytes(m, "int8")),
         "nf4": (transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -394,17 +395,23 @@ def test_transformers_bitsandbytes_config_builds_the_layers_of_to_bitsandbytes(t
         with torch.no_grad():
             assert torch.allclose(hf(ids).logits.float(), ours(ids).float(), atol=1e-4), name
         assert qz.linear_weight_bytes(hf) == qz.linear_weight_bytes(ours), name
-        assert qz.evaluate_nll(hf, batches)[0] == pytest.approx(qz.evaluate_nll(ours, batches)[0], rel=1e-5), name
+        assert ev.evaluate_nll(hf, batches)[0] == pytest.approx(ev.evaluate_nll(ours, batches)[0], rel=1e-5), name
 
 
 def test_evaluation_batches_spread_windows_over_the_whole_stream():
     tokens = torch.arange(1001)  # 100 windows of 10 tokens (+1 target)
-    batches = qz.evaluation_batches(tokens, context=10, batch_size=4, max_windows=5, spread=True)
+    batches = ev.evaluation_batches(tokens, context=10, batch_size=4, max_windows=5, spread=True)
     starts = [int(x[0]) for inputs, _ in batches for x in inputs]
     assert starts == [0, 250, 500, 740, 990]  # windows 0, 25, 50, 74, 99: evenly over the stream
-    first = qz.evaluation_batches(tokens, context=10, batch_size=4, max_windows=5)
+    first = ev.evaluation_batches(tokens, context=10, batch_size=4, max_windows=5)
     assert [int(x[0]) for inputs, _ in first for x in inputs] == [0, 10, 20, 30, 40]
-    everything = qz.evaluation_batches(tokens, context=10, batch_size=100, max_windows=500, spread=True)
+    everything = ev.evaluation_batches(tokens, context=10, batch_size=100, max_windows=500, spread=True)
     assert everything[0][0].shape == (100, 10)  # asking for more windows than there are gives them all
     with pytest.raises(ValueError, match="max_windows=0"):
-        qz.evaluation_batches(tokens, context=10, batch_size=4, max_windows=0)
+        ev.evaluation_batches(tokens, context=10, batch_size=4, max_windows=0)
+
+
+def test_chapter_12_reaches_the_evaluation_names_through_quantization():
+    # the notebook calls qz.evaluation_batches, qz.evaluate_nll, qz.forward_seconds and qz.format_table
+    for name in ("evaluation_batches", "evaluate_nll", "forward_seconds", "format_table"):
+        assert getattr(qz, name) is getattr(ev, name)

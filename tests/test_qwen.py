@@ -7,11 +7,18 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from slmbook.config import QwenConfig
-from slmbook.kv_cache import KVCache
-from slmbook.qwen import (
-    QwenModel, TransformerBlock, config_from_hf, from_pretrained, from_transformers, hf_config_kwargs, hf_name,
-    load_hf_state_dict, to_hf_state_dict, to_transformers,
+from slmbook.hf_interop import (
+    config_from_hf,
+    from_transformers,
+    hf_config_kwargs,
+    hf_name,
+    load_hf_state_dict,
+    to_hf_state_dict,
+    to_transformers,
 )
+from slmbook.kv_cache import KVCache
+from slmbook.pretrained import from_pretrained
+from slmbook.qwen import QwenModel, TransformerBlock
 
 BASE = QwenConfig(vocab_size=97, context_length=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
                   rope_theta=10_000.0)
@@ -112,7 +119,7 @@ def test_attention_weights_equal_transformers():
         expected = hf(ids, output_attentions=True).attentions
         logits, attentions = ours(ids, return_attention=True)
     assert len(attentions) == config.n_layers
-    for got, ref in zip(attentions, expected):
+    for got, ref in zip(attentions, expected, strict=True):
         assert got.shape == (2, config.n_heads, 9, 9)
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert ours.attn_impl == "sdpa"  # asking for weights does not flip the model's switch
@@ -310,3 +317,12 @@ def test_qwen3_0_6b_config_json_maps_to_the_preset():
     assert config_from_hf(qwen3_0_6b_json) == QWEN3_0_6B
     assert config_from_hf(qwen3_0_6b_json, dtype="float32", context_length=4096) == QWEN3_0_6B.replace(
         dtype="float32", context_length=4096)
+
+
+def test_names_moved_out_of_qwen_say_where_they_went():
+    import slmbook.qwen
+
+    with pytest.raises(AttributeError, match=r"slmbook\.pretrained\.from_pretrained"):
+        getattr(slmbook.qwen, "from_pretrained")  # noqa: B009 (the attribute access is what is tested)
+    with pytest.raises(AttributeError, match=r"slmbook\.hf_interop\.to_transformers"):
+        getattr(slmbook.qwen, "to_transformers")  # noqa: B009

@@ -17,7 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slmbook.qwen_tokenizer import (
-    END_THINK, ENDOFTEXT, IM_END, IM_START, QWEN_PATTERN, THINK, QwenTokenizer, render_chat, split_thinking,
+    END_THINK,
+    ENDOFTEXT,
+    IM_END,
+    IM_START,
+    QWEN_PATTERN,
+    THINK,
+    QwenTokenizer,
+    render_chat,
+    split_thinking,
 )
 from slmbook.tokenizer import GPT2_DIR, bytes_to_unicode, pretokenize
 

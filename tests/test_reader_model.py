@@ -18,8 +18,9 @@ from slmbook.config import READER, READER_GPU, preset
 from slmbook.dataloader import read_token_file
 from slmbook.scaling import count_parameters
 from slmbook.tinystories_tokenizer import TOKENIZER_NAME, tinystories_encoding
-from slmbook.train import encoding_of, main, sample_data
-from slmbook.training import Trainer, training_preset
+from slmbook.train_cli import encoding_of, main, sample_data
+from slmbook.training import Trainer
+from slmbook.training_config import training_preset
 
 REPO = Path(__file__).parent.parent
 

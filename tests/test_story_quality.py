@@ -6,8 +6,15 @@ from collections import Counter
 import pytest
 
 from slmbook.data import load_stories
-from slmbook.story_quality import (distinct_n, known_word_rate, ngrams, repetition_rate, story_quality,
-                                   vocabulary_of, words)
+from slmbook.story_quality import (
+    distinct_n,
+    known_word_rate,
+    ngrams,
+    repetition_rate,
+    story_quality,
+    vocabulary_of,
+    words,
+)
 
 
 def test_words_are_lower_case_letters_with_inner_apostrophes():
@@ -54,7 +61,7 @@ def test_against_a_counter_on_random_token_sequences():
         stories = [[rng.randrange(6) for _ in range(rng.randint(n, 40))] for _ in range(rng.randint(1, 5))]
         expected_distinct, expected_rates = _by_counter(stories, n)
         assert distinct_n(stories, n) == pytest.approx(expected_distinct)
-        for tokens, rate in zip(stories, expected_rates):
+        for tokens, rate in zip(stories, expected_rates, strict=True):
             assert repetition_rate(tokens, n) == pytest.approx(rate)
 
 

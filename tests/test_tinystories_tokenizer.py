@@ -40,7 +40,7 @@ def test_loads_offline_as_a_tiktoken_encoding(monkeypatch):
 def test_round_trips_every_shipped_story_exactly(shipped_stories):
     encoding = tt.tinystories_encoding()
     assert len(shipped_stories) == 3216
-    for story, ids in zip(shipped_stories, encoding.encode_ordinary_batch(shipped_stories)):
+    for story, ids in zip(shipped_stories, encoding.encode_ordinary_batch(shipped_stories), strict=True):
         assert max(ids) < encoding.n_vocab - 1  # no id of the special token inside a story
         assert encoding.decode(ids) == story
 

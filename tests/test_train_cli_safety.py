@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 
-from slmbook import train as cli
+from slmbook import train_cli as cli
 from slmbook.checkpoint import CheckpointError, read_state, save_checkpoint
 from slmbook.data import load_stories
 from slmbook.dataloader import write_token_file
 from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer
-from slmbook.training import TrainConfig, Trainer
+from slmbook.training import Trainer
+from slmbook.training_config import TrainConfig
 
 
 @pytest.fixture(scope="module")

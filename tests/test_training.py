@@ -11,17 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from slmbook import train_cli as cli
 from slmbook.config import QwenConfig
 from slmbook.data import load_stories
-from slmbook.dataloader import read_token_file, write_token_file
+from slmbook.dataloader import StepBatches, read_token_file, write_token_file
+from slmbook.evaluation import token_byte_lengths
 from slmbook.flops import training_flops_per_token
 from slmbook.qwen import QwenModel
 from slmbook.tokenizer import CharTokenizer, gpt2_encoding
-from slmbook import train as cli
-from slmbook.training import (
-    PRESETS, StepBatches, TrainConfig, Trainer, learning_rate, loss_at_init, overfit_one_batch,
-    parameter_groups, token_byte_lengths, training_preset,
-)
+from slmbook.training import Trainer, learning_rate, loss_at_init, overfit_one_batch, parameter_groups
+from slmbook.training_config import PRESETS, TrainConfig, training_preset
 
 SMALL = QwenConfig(vocab_size=128, context_length=32, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)
 RUN = TrainConfig(model=SMALL, steps=6, batch_size=4, context=16, lr=3e-3, warmup_steps=2, log_interval=1,
@@ -99,7 +98,7 @@ def test_one_step_equals_torch_adamw_on_the_full_batch(data):
     assert out["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
     assert float(out["grad_norm"]) == pytest.approx(norm.item(), rel=1e-5)
     assert norm.item() > 0.5  # clipping was active
-    for (name, a), b in zip(t.model.named_parameters(), reference.parameters()):
+    for (name, a), b in zip(t.model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert out["update_ratio"] > 0
 
@@ -107,7 +106,7 @@ def test_one_step_equals_torch_adamw_on_the_full_batch(data):
 def test_manual_attention_and_sdpa_train_the_same(data):
     a = trainer(data, RUN.replace(attn_impl="sdpa")).run(3)
     b = trainer(data, RUN.replace(attn_impl="manual")).run(3)
-    for ra, rb in zip(a.train, b.train):
+    for ra, rb in zip(a.train, b.train, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
 
 
@@ -330,7 +329,7 @@ class TransformersLM(torch.nn.Module):
 def test_the_loop_trains_transformers_qwen3_exactly_like_ours(data):
     """The same weights in transformers' Qwen3ForCausalLM, through the same loop: the same losses."""
     from slmbook.env import seed_everything
-    from slmbook.qwen import to_transformers
+    from slmbook.hf_interop import to_transformers
 
     ours = trainer(data).run(3)
     seed_everything(RUN.seed)  # what Trainer does before building its model: the same initial weights

@@ -42,7 +42,7 @@ def check_neuron_gradient(answer) -> Result:
         return not_attempted(name)
     expected = neuron_gradient()
     values = _numbers(answer, 3)
-    ok = values is not None and all(abs(a - e) <= 1e-6 for a, e in zip(values, expected))
+    ok = values is not None and all(abs(a - e) <= 1e-6 for a, e in zip(values, expected, strict=True))
     return verdict(name, answer, ok,
                    hint="z = w.x + b, y = sigmoid(z); dL/dy = 2 (y - 1), dy/dz = y (1 - y), "
                         "dz/dw_i = x_i, dz/db = 1: multiply along the chain",

@@ -34,7 +34,7 @@ def bigram_probability(first: str, second: str) -> float:
     pairs = followed = 0
     for story in load_stories("validation", source="sample", verbose=False):
         ids = enc.encode_ordinary(story)
-        for x, y in zip(ids, ids[1:]):
+        for x, y in zip(ids, ids[1:], strict=False):
             if x == a:
                 followed += 1
                 pairs += y == b

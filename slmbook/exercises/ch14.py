@@ -52,7 +52,7 @@ def check_accumulated_gradient(fn) -> Result:
         expected = {n: p.grad.clone() for n, p in model.named_parameters()}
         model.zero_grad(set_to_none=True)
         sizes = []
-        hook = model.register_forward_hook(lambda module, args, output: sizes.append(args[0].shape[0]))
+        hook = model.register_forward_hook(lambda module, args, output, sizes=sizes: sizes.append(args[0].shape[0]))
         try:
             _, error = _call(name, fn, model, x.clone(), y.clone(), grad_accum)
         finally:
