@@ -94,10 +94,10 @@ def measure(config, device: torch.device, prompt: int, new: int, seed: int = 0) 
             else:
                 generate(model, ids, new)
             peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
-            if device.type == "cuda":
-                assert start - before == weights, "memory was left allocated between the stages"
+            resident = start - before if device.type == "cuda" else None  # weights + what the prefill left (buffers)
         rows[name] = {"weights_bytes": weights, "parameter_bytes": param_bytes,
-                      "kv_bytes_per_token": cache_bytes / prompt, "generation_peak_bytes": peak}
+                      "kv_bytes_per_token": cache_bytes / prompt, "generation_peak_bytes": peak,
+                      "resident_before_generation_bytes": resident}
         del model
     return {"config": {"parameters": parameter_count(config), "layers": config.n_layers,
                        "kv_heads": config.n_kv_heads, "head_dim": config.head_dim, "vocab_size": config.vocab_size},
@@ -157,7 +157,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--prompt + --new = {prompt + new} exceeds the context length {config.context_length}")
     result = measure(config, device, prompt, new)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    result |= {"model": name, "command": "python benchmarks/qwen3_memory.py" + (" --smoke" if args.smoke else ""),
+    args_given = sys.argv[1:] if argv is None else argv
+    result |= {"model": name, "command": " ".join(["python benchmarks/qwen3_memory.py", *args_given]),
                "hardware": {"device": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
                             "python": platform.python_version()}}
     slug = "smoke" if args.smoke else gpu.lower().replace(" ", "-")
