@@ -37,8 +37,10 @@ if "google.colab" in sys.modules:
 
     import importlib
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "slmbook @ git+https://github.com/{repository}@{ref}"], check=True)
+    pinned = "slmbook @ git+https://github.com/{repository}@{ref}"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", pinned], check=False).returncode:
+        print("{ref} is not published yet: installing main instead (outputs may differ from the stored ones)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", pinned.replace("@{ref}", "@main")], check=True)
     importlib.invalidate_caches()  # the new package imports in this session, no restart needed
 
 %matplotlib inline'''

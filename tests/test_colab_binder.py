@@ -17,14 +17,23 @@ from slmbook.chapters import CHAPTERS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_setup_cell(monkeypatch, on_colab: bool):
-    """Execute the set-up cell as IPython would, recording pip calls and magics instead of running them."""
+def _run_setup_cell(monkeypatch, on_colab: bool, published: bool = True):
+    """Execute the set-up cell as IPython would, recording pip calls and magics instead of running them
+    (published=False: pip fails for the pinned tag, as before a release's tag is pushed)."""
     calls, magics = [], []
+
+    def pip(cmd, check):
+        calls.append(cmd)
+        failed = not published and cmd[-1].endswith(notebooks.pinned_ref())
+        if failed and check:
+            raise subprocess.CalledProcessError(1, cmd)
+        return subprocess.CompletedProcess(cmd, int(failed))
+
     if on_colab:
         monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     else:
         monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    monkeypatch.setattr(subprocess, "run", pip)
     shell = types.SimpleNamespace(run_line_magic=lambda name, arg: magics.append((name, arg)))
     code = TransformerManager().transform_cell(notebooks.setup_cell_source())
     exec(compile(code, "setup-cell", "exec"), {"get_ipython": lambda: shell})
@@ -36,6 +45,13 @@ def test_setup_cell_installs_from_github_on_colab(monkeypatch):
     assert calls == [[sys.executable, "-m", "pip", "install", "-q",
                       f"slmbook @ git+https://github.com/slmbook/slmbook@{notebooks.pinned_ref()}"]]
     assert magics == [("matplotlib", "inline")]
+
+
+def test_setup_cell_falls_back_to_main_when_the_tag_is_not_published(monkeypatch, capsys):
+    calls, _ = _run_setup_cell(monkeypatch, on_colab=True, published=False)
+    url = "slmbook @ git+https://github.com/slmbook/slmbook@"
+    assert [cmd[-1] for cmd in calls] == [url + notebooks.pinned_ref(), url + "main"]
+    assert "is not published yet: installing main" in capsys.readouterr().out
 
 
 def test_setup_cell_does_nothing_elsewhere(monkeypatch):
