@@ -362,7 +362,9 @@ class Trainer:
         end = c.steps if steps is None else steps
         if not isinstance(end, int) or isinstance(end, bool) or not 0 <= end <= c.steps:
             raise ValueError(f"steps={steps!r}: must be an integer in [0, config.steps={c.steps}]")
-        bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress)
+        # At most one refresh a second: in a notebook each refresh is a message to the front end, and a
+        # long run's thousands of them can overflow the kernel's message queue (nbval then loses the end).
+        bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress, mininterval=1.0)
         self.model.train()
         last_time, last_step = time.perf_counter(), self.step
         train_seconds = 0.0  # training time of the current log interval, evaluations and saves left out
@@ -390,7 +392,7 @@ class Trainer:
                 if "grad_scale" in out:  # float16: the loss scale (it halves at each skipped step)
                     row["grad_scale"] = out["grad_scale"]
                 self.history.train.append(row)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{out['lr']:.1e}")
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{out['lr']:.1e}", refresh=False)
                 running.zero_()
                 train_seconds, last_time, last_step = 0.0, time.perf_counter(), self.step
             evaluate = self.val_data is not None and (
