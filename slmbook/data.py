@@ -33,6 +33,14 @@ def resource_path(*parts: str) -> Path:
     return Path(str(resources.files("slmbook").joinpath("resources", *parts)))
 
 
+def benchmark_results(pattern: str, folder: str | Path | None = None) -> list[Path]:
+    """Result files matching `pattern` (e.g. "gpu_measurements_*.json"), sorted, from `folder`, by default
+    the source checkout's benchmarks/results/. Empty when there are none: a package installed without
+    the repository (on Colab, say) has no benchmarks/ folder, and the chapters then say so."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
 def split_stories(text: str) -> list[str]:
     """Stories of a text whose stories are separated by `<|endoftext|>` lines, edges stripped."""
     return [s.strip("\n") for s in text.split(EOT) if s.strip()]

@@ -365,10 +365,9 @@ def gpu_measurement_files(folder: str | Path | None = None) -> list[Path]:
     """The GPU measurement files of `benchmarks/gpu_measurements.py` (gpu_measurements_*.json),
     by default in the source checkout's benchmarks/results/. Empty when there are none (a package
     installed without the repository, e.g. on Colab, has no benchmarks/ folder)."""
-    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-    if not folder.is_dir():
-        return []
-    return sorted(folder.glob("gpu_measurements_*.json"))
+    from slmbook.data import benchmark_results
+
+    return benchmark_results("gpu_measurements_*.json", folder)
 
 
 def load_gpu_measurements(path: str | Path) -> dict:

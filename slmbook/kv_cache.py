@@ -83,9 +83,10 @@ def generation_benchmarks(folder: str | Path | None = None) -> dict[str, dict]:
     per second with and without the cache for the book's model, with the hardware named. Read from the
     source checkout's benchmarks/results/ by default; empty when there are none (a package installed
     without the repository, e.g. on Colab, has no benchmarks/ folder)."""
-    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    from slmbook.data import benchmark_results
+
     results = {}
-    for path in sorted(folder.glob("kv_cache_generation_*.json")) if folder.is_dir() else []:
+    for path in benchmark_results("kv_cache_generation_*.json", folder):
         data = json.loads(path.read_text(encoding="utf-8"))
         missing = [key for key in ("hardware", "rows", "config", "parameters") if key not in data]
         if missing:

@@ -74,3 +74,13 @@ def test_hub_rows_become_stories(monkeypatch):
 def test_licence_notice_ships_with_the_data():
     notice = data.resource_path("NOTICE.md").read_text()
     assert "CDLA-Sharing-1.0" in notice and "MIT License" in notice
+
+
+def test_benchmark_results_lists_matching_files_sorted_and_none_without_the_folder(tmp_path):
+    from slmbook.data import benchmark_results
+
+    for name in ("gpu_b.json", "gpu_a.json", "other.json"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in benchmark_results("gpu_*.json", tmp_path)] == ["gpu_a.json", "gpu_b.json"]
+    assert benchmark_results("gpu_*.json", tmp_path / "missing") == []
+    assert any(p.name == "reader_model.json" for p in benchmark_results("reader_model.json"))  # the checkout's
