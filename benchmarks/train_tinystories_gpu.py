@@ -77,12 +77,13 @@ def subset(train: Path, fraction: float, folder: Path) -> Path:
 
 def run_config(run: Run, smoke: bool, device: str, steps: int, eval_interval: int) -> TrainConfig:
     if smoke:
-        return TrainConfig(model=run.model, steps=steps, batch_size=4, context=64, lr=3e-3, warmup_steps=2,
+        return TrainConfig(model=run.model, steps=steps, batch_size=4, context=64, lr=3e-3, warmup_steps=min(2, steps),
                            device=device, log_interval=2, eval_interval=eval_interval, eval_batches=2,
                            sample_tokens=0, save_best=True)
     # the "book" preset of slmbook.training (batch 32 x 512, lr 1e-3, best checkpoint kept), run by run
-    return training_preset("book").replace(model=run.model, steps=steps, device=device, compile=device != "cpu",
-                                           eval_interval=eval_interval, sample_tokens=0)
+    book = training_preset("book")
+    return book.replace(model=run.model, steps=steps, warmup_steps=min(book.warmup_steps, steps), device=device,
+                        compile=device != "cpu", eval_interval=eval_interval, sample_tokens=0)
 
 
 def main(argv=None) -> int:
