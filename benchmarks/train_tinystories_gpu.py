@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from slmbook.config import BOOK, TINY, QwenConfig  # noqa: E402
+from slmbook.memory import parameter_count  # noqa: E402
 from slmbook.training import Trainer  # noqa: E402
 from slmbook.training_config import TrainConfig, training_preset  # noqa: E402
 
@@ -73,6 +74,12 @@ def subset(train: Path, fraction: float, folder: Path) -> Path:
                         info.encoding, info.eot_token, info.n_vocab)
     path.with_suffix(".json").write_text(json.dumps(asdict(sub), indent=1))
     return path
+
+
+def shown(path) -> str:
+    """A path as results files show it: relative to the repository, else its last part (no machine's folders)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
 
 
 def run_config(run: Run, smoke: bool, device: str, steps: int, eval_interval: int) -> TrainConfig:
@@ -142,7 +149,9 @@ def main(argv=None) -> int:
     results = []
     for run in runs:
         elapsed = time.perf_counter() - began
-        if results and elapsed + 1.1 * results[-1]["wall_s"] > args.time_budget:
+        done = [r for r in results if "wall_s" in r]  # same steps: a run's time grows with its parameters
+        expected = max((r["wall_s"] / r["parameters"] for r in done), default=0) * parameter_count(run.model)
+        if done and elapsed + 1.1 * expected > args.time_budget:
             print(f"skipping {run.name}: {elapsed:.0f} s used of the {args.time_budget:.0f} s budget", flush=True)
             results.append({"name": run.name, "skipped": f"time budget ({elapsed:.0f} s used)"})
             continue
@@ -176,10 +185,11 @@ def main(argv=None) -> int:
             "final_val_loss": run_summary["val_loss"], "final_train_loss": run_summary["train_loss"],
             "tokens_per_s_median": run_summary["tokens_per_s_median"], "mfu_median": mfus[len(mfus) // 2] if mfus else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else None,
-            "wall_s": wall, "checkpoint": str(out), "samples": samples,
+            "wall_s": wall, "checkpoint": shown(out), "samples": samples,
             "history": history.to_dict(),
         }
         results.append(result)
+        write_results(results, args.smoke, hw, folder, info, val, time.perf_counter() - began, argv)  # kept if a later run dies
         print(f"best val loss {best['val_loss']:.3f} nats/token ({best.get('val_bpb', float('nan')):.3f} bits/byte) at epoch "
               f"{result['best_epoch']:.1f}; final {result['final_val_loss']:.3f}; {wall:.0f} s; "
               f"{result['tokens_per_s_median']:,.0f} tokens/s", flush=True)
@@ -190,16 +200,35 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     total = time.perf_counter() - began
-    stem = RESULTS / ("training_tinystories_smoke" if args.smoke else "training_tinystories")
+    stem = write_results(results, args.smoke, hw, folder, info, val, total, argv)
+    print(f"\n{stem.with_suffix('.md').read_text()}\nwrote {stem}.md/.json/.png in {total:.0f} s total")
+    return 0
+
+
+def write_results(results, smoke, hw, folder, info, val, total, argv) -> Path:
+    """benchmarks/results/training_tinystories{,_smoke}.{md,json,png} for the runs so far."""
+    from slmbook.dataloader import read_token_file
+
+    stem = RESULTS / ("training_tinystories_smoke" if smoke else "training_tinystories")
     stem.parent.mkdir(parents=True, exist_ok=True)
     plot(results, stem.with_suffix(".png"))
-    summary = {"smoke": args.smoke, "hardware": hw, "torch": torch.__version__, "data": str(folder), "train_stories": info.n_stories,
-               "train_tokens": info.n_tokens, "validation": read_token_file(val)[1].__dict__,
+    validation = {**read_token_file(val)[1].__dict__}
+    validation["path"] = shown(validation["path"])
+    summary = {"smoke": smoke, "hardware": hw, "torch": torch.__version__, "data": shown(folder),
+               "train_stories": info.n_stories, "train_tokens": info.n_tokens, "validation": validation,
                "total_wall_s": total, "runs": results}
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     stem.with_suffix(".md").write_text(report(summary, argv))
-    print(f"\n{report(summary, argv)}\nwrote {stem}.md/.json/.png in {total:.0f} s total")
-    return 0
+    return stem
+
+
+def shown_args(argv) -> str:
+    """The command's arguments with every path flag's value shown by `shown`."""
+    out, path_flag = [], False
+    for arg in argv:
+        out.append(shown(arg) if path_flag else arg)
+        path_flag = arg in ("--data", "--runs-dir")
+    return " ".join(out)
 
 
 def report(summary: dict, argv) -> str:
@@ -208,7 +237,7 @@ def report(summary: dict, argv) -> str:
         "# TinyStories training run (chapter 14)", "",
         *(["A CPU smoke run of the tiny model for a few steps: it checks that the script works, nothing more.", ""]
           if summary.get("smoke") else []),
-        f"`python benchmarks/train_tinystories_gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
+        f"`python benchmarks/train_tinystories_gpu.py {shown_args(argv if argv is not None else sys.argv[1:])}` on "
         f"{summary['hardware']['name']} ({summary['hardware']['device']}), torch {summary['torch']}; "
         f"{summary['train_stories']:,} training stories ({summary['train_tokens']:,} GPT-2 tokens), validation: "
         f"{summary['validation']['n_stories']:,} official validation stories ({summary['validation']['n_tokens']:,} tokens). "

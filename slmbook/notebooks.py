@@ -4,6 +4,7 @@
     python -m slmbook.notebooks run                        # every notebook, quick mode -> executed/
     python -m slmbook.notebooks run 07 -p device cuda      # one chapter with a parameter changed
     python -m slmbook.notebooks run 07 --inplace           # refresh the committed outputs
+    python -m slmbook.notebooks gpu                        # full chapters 3 and 14 on a GPU -> docs/executed/
     python -m slmbook.notebooks check                      # conventions of every notebook
     python -m slmbook.notebooks new 07                     # scaffold a chapter notebook
     python -m slmbook.notebooks pin                        # set-up cells install v<__version__> on Colab
@@ -226,6 +227,74 @@ def run(keys=None, params: dict | None = None, out_dir: str | Path = "executed",
     return written
 
 
+# The chapters kept in full for readers without a GPU: their parameters for one GPU (chapter 14 reads a
+# folder of TinyStories text, `stories_dir` or $SLMBOOK_TINYSTORIES_DIR; `-p data hub` streams the hub's).
+GPU_PARAMETERS = {
+    "03": {"device": "auto", "matmul_sizes": [256, 512, 1024, 2048, 4096, 8192, 16384], "bandwidth_mib": 1024,
+           "measure_config": "book", "measure_batch": 16, "measure_seq": 512},
+    "14": {"device": "cuda", "preset": "book", "data": "local", "eval_interval": None, "eval_batches": None,
+           "run_name": "book"},
+}
+
+
+def executed_dir() -> Path:
+    """docs/executed/ of the repository: the executed GPU copies, committed next to the notebooks."""
+    return notebooks_dir().parent / "docs" / "executed"
+
+
+def gpu_slug(name: str) -> str:
+    """A short file-name part for a GPU as torch names it: 'NVIDIA H200' -> 'h200', 'Tesla T4' -> 't4'."""
+    words = [w for w in name.lower().replace("_", " ").replace("-", " ").split() if w not in ("nvidia", "tesla")]
+    slug = "-".join("".join(ch for ch in w if ch.isalnum()) for w in words).strip("-")
+    if not slug:
+        raise ValueError(f"GPU name {name!r} gives an empty file-name part")
+    return slug
+
+
+def keep_gpu_copy(executed: Path, target: Path, gpu: str, parameters: dict, seconds: float) -> Path:
+    """Store a notebook executed on a GPU as `target`: papermill's machine paths and timestamps dropped,
+    what ran where recorded in the notebook's metadata (`slmbook_gpu_run`)."""
+    nb = _read(executed)
+    nb["metadata"].pop("papermill", None)
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+    nb["metadata"]["slmbook_gpu_run"] = {"gpu": gpu, "parameters": parameters, "seconds": round(seconds, 1)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(target)
+    return target
+
+
+def run_gpu(keys=None, params: dict | None = None, out_dir: str | Path | None = None, timeout: int = 1800) -> list[Path]:
+    """Run chapters 3 and 14 (or `keys`) with `GPU_PARAMETERS` (changed by `params`) on this machine's GPU
+    and keep each as docs/executed/<notebook>_<gpu>.ipynb, replacing that GPU's earlier copy."""
+    import tempfile
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("python -m slmbook.notebooks gpu needs a CUDA GPU (torch.cuda.is_available() is False); "
+                         "the executed copies in docs/executed/ show what the full chapters give on one")
+    keys = list(keys or GPU_PARAMETERS)
+    gpu = torch.cuda.get_device_name(0)
+    out = Path(out_dir) if out_dir is not None else executed_dir()
+    kept = []
+    for path in notebook_paths(keys):
+        key = f"{chapter(path.name).number:02d}"
+        if key not in GPU_PARAMETERS:
+            raise ValueError(f"chapter {key} has no full GPU version; allowed: {sorted(GPU_PARAMETERS)}")
+        parameters = {**GPU_PARAMETERS[key], **(params or {})}
+        with tempfile.TemporaryDirectory() as scratch:
+            start = time.perf_counter()
+            [executed] = run([key], parameters, out_dir=scratch, timeout=timeout)
+            kept.append(keep_gpu_copy(executed, out / f"{path.stem}_{gpu_slug(gpu)}.ipynb", gpu, parameters,
+                                      time.perf_counter() - start))
+        print(f"  kept {kept[-1]}", flush=True)
+    return kept
+
+
 def _strip_run_metadata(path: Path) -> None:
     """Drop papermill's timestamps so a refreshed notebook differs from the last only where outputs do."""
     nb = _read(path)
@@ -319,6 +388,11 @@ def _main(argv=None) -> int:
     p_run.add_argument("--inplace", action="store_true", help="store outputs in the committed notebooks")
     p_run.add_argument("--kernel", default="python3")
     p_run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    p_gpu = sub.add_parser("gpu", help="run the full chapters 3 and 14 on this GPU and keep them in docs/executed/")
+    p_gpu.add_argument("notebooks", nargs="*", help=f"chapters (default: {' '.join(GPU_PARAMETERS)})")
+    p_gpu.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    p_gpu.add_argument("--out", default=None, help="folder for the copies (default: docs/executed/)")
+    p_gpu.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     p_check = sub.add_parser("check", help="check notebook conventions")
     p_check.add_argument("notebooks", nargs="*")
     p_pin = sub.add_parser("pin", help="make the set-up cell install this package version on Colab")
@@ -339,6 +413,10 @@ def _main(argv=None) -> int:
             written = run(args.notebooks, params, out_dir=args.out, inplace=args.inplace,
                           kernel=args.kernel, timeout=args.timeout)
             print(f"executed {len(written)} notebook(s) in {time.perf_counter() - start:.1f} s")
+        elif args.command == "gpu":
+            params = {name: parse_value(value) for name, value in args.parameter}
+            kept = run_gpu(args.notebooks, params, out_dir=args.out, timeout=args.timeout)
+            print(f"kept {len(kept)} executed GPU copy(ies)")
         elif args.command == "check":
             paths = notebook_paths(args.notebooks)
             problems = [p for path in paths for p in check(path)]

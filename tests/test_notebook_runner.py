@@ -54,3 +54,64 @@ def test_run_executes_headless_with_a_parameter(tmp_path):
     assert len(injected) == 1 and "seed = 3" in "".join(injected[0]["source"])
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "error"]
     assert errors == []
+
+
+# The executed GPU copies (docs/executed/) and the command that refreshes them.
+
+def test_gpu_parameters_are_parameters_of_their_chapters():
+    for key, params in notebooks.GPU_PARAMETERS.items():
+        [path] = notebooks.notebook_paths([key])
+        assert notebooks.check_parameters(path, params) == params
+
+
+@pytest.mark.parametrize("name, slug", [("NVIDIA H200", "h200"), ("Tesla T4", "t4"), ("NVIDIA L4", "l4"),
+                                        ("NVIDIA A100-SXM4-40GB", "a100-sxm4-40gb"),
+                                        ("NVIDIA H100 80GB HBM3", "h100-80gb-hbm3")])
+def test_gpu_slug(name, slug):
+    assert notebooks.gpu_slug(name) == slug
+
+
+def test_gpu_copies_need_a_gpu(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert notebooks._main(["gpu"]) == 2
+    assert "needs a CUDA GPU (torch.cuda.is_available() is False)" in capsys.readouterr().err
+
+
+def test_gpu_copy_is_kept_without_machine_paths(tmp_path):
+    executed = tmp_path / "run.ipynb"
+    nb = {"cells": [{"cell_type": "code", "source": "1", "outputs": [], "execution_count": 1,
+                     "metadata": {"papermill": {"duration": 1.0}, "execution": {"iopub.status.idle": "x"}}}],
+          "metadata": {"papermill": {"input_path": "/home/someone/notebooks/14_training.ipynb"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    executed.write_text(json.dumps(nb))
+    target = notebooks.keep_gpu_copy(executed, tmp_path / "docs" / "14_training_h200.ipynb", "NVIDIA H200",
+                                     {"device": "cuda"}, 12.34)
+    kept = json.loads(target.read_text())
+    assert "/home/someone" not in target.read_text() and "papermill" not in kept["metadata"]
+    assert kept["cells"][0]["metadata"] == {}
+    assert kept["metadata"]["slmbook_gpu_run"] == {"gpu": "NVIDIA H200", "parameters": {"device": "cuda"}, "seconds": 12.3}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["14_training_h200.ipynb"]
+
+
+@pytest.mark.parametrize("key", sorted(notebooks.GPU_PARAMETERS))
+def test_committed_gpu_copies_ran_the_full_chapter_cleanly(key):
+    """docs/executed/ holds each full chapter from a real GPU run: the GPU parameters injected, every code
+    cell executed in order without an error, and no path of the machine it ran on."""
+    [path] = notebooks.notebook_paths([key])
+    copies = sorted(notebooks.executed_dir().glob(f"{path.stem}_*.ipynb"))
+    assert copies, f"no executed GPU copy of {path.name} in docs/executed/"
+    for copy in copies:
+        text = copy.read_text(encoding="utf-8")
+        nb = json.loads(text)
+        run = nb["metadata"]["slmbook_gpu_run"]
+        assert copy.name == f"{path.stem}_{notebooks.gpu_slug(run['gpu'])}.ipynb"
+        assert run["parameters"] == notebooks.GPU_PARAMETERS[key]
+        injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert len(injected) == 1
+        code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+        assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1))
+        assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
+        for machine_path in ("/root/", "/home/", "/tmp/", "/work/", "/Users/"):
+            assert machine_path not in text, f"{copy.name} holds a machine path ({machine_path})"
