@@ -254,11 +254,7 @@ def gpu_slug(name: str) -> str:
 def keep_gpu_copy(executed: Path, target: Path, gpu: str, parameters: dict, seconds: float) -> Path:
     """Store a notebook executed on a GPU as `target`: papermill's machine paths and timestamps dropped,
     what ran where recorded in the notebook's metadata (`slmbook_gpu_run`)."""
-    nb = _read(executed)
-    nb["metadata"].pop("papermill", None)
-    for cell in nb["cells"]:
-        cell.get("metadata", {}).pop("papermill", None)
-        cell.get("metadata", {}).pop("execution", None)
+    nb = _without_run_metadata(_read(executed))
     nb["metadata"]["slmbook_gpu_run"] = {"gpu": gpu, "parameters": parameters, "seconds": round(seconds, 1)}
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
@@ -295,13 +291,18 @@ def run_gpu(keys=None, params: dict | None = None, out_dir: str | Path | None = 
     return kept
 
 
-def _strip_run_metadata(path: Path) -> None:
-    """Drop papermill's timestamps so a refreshed notebook differs from the last only where outputs do."""
-    nb = _read(path)
+def _without_run_metadata(nb: dict) -> dict:
+    """`nb` without papermill's record of the run (its machine's paths, timestamps, durations)."""
     nb["metadata"].pop("papermill", None)
     for cell in nb["cells"]:
         cell.get("metadata", {}).pop("papermill", None)
         cell.get("metadata", {}).pop("execution", None)
+    return nb
+
+
+def _strip_run_metadata(path: Path) -> None:
+    """Drop papermill's timestamps so a refreshed notebook differs from the last only where outputs do."""
+    nb = _without_run_metadata(_read(path))
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
