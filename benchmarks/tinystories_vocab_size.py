@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))  # a source checkout without an install
 
 from slmbook.bpe import BPETokenizer  # noqa: E402
 from slmbook.config import READER, READER_GPU  # noqa: E402
+from slmbook.data import command_line  # noqa: E402
 from slmbook.scaling import count_parameters, embedding_share  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -229,8 +230,7 @@ def main(argv=None) -> int:
         earlier = json.loads(Path(args.reuse).read_text())
         reuse = {r["vocab_size"]: r["reader_model"] for r in earlier["rows"] if "reader_model" in r}
     result = run(args.source, sizes, not args.no_train, args.steps, args.jobs, args.threads, args.equal_compute, reuse)
-    shown = [Path(a).name + "/" if prev == "--source" else a for prev, a in zip([None] + argv, argv, strict=False)]
-    command = " ".join(["python benchmarks/tinystories_vocab_size.py", *shown])
+    command = command_line("benchmarks/tinystories_vocab_size.py", argv, ("--source", "--reuse", "--out"))
     result["command"] = command
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -108,15 +108,6 @@ def export(trainer: Trainer, best_step: int, folder: Path) -> Path:
     return folder / WEIGHTS_FILE
 
 
-def command_line(argv: list[str]) -> str:
-    """The command as run, with every path shown by its last part (no machine's folders in results)."""
-    shown, path_flag = [], False
-    for arg in argv:
-        shown.append(Path(arg).name or arg if path_flag else arg)
-        path_flag = arg in ("--stories", "--out", "--results")
-    return " ".join(["python benchmarks/train_reader_model.py", *shown])
-
-
 def hardware(device: torch.device) -> dict:
     from slmbook.hardware import cpu_name
 
@@ -194,6 +185,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
 
     from slmbook import checkpoint
+    from slmbook.data import command_line
     from slmbook.tinystories_tokenizer import tinystories_encoding
     from slmbook.train_cli import data_files, summarize
 
@@ -250,7 +242,8 @@ def main(argv=None) -> int:
     samples = [evaluator.sample(24 if args.smoke else 200, seed=i, prompt=prompt) for i, prompt in enumerate(PROMPTS)]
     weights_mb = weights.stat().st_size / 1e6
     summary = {
-        "smoke": args.smoke, "command": command_line(argv), "hardware": hardware(torch.device(device)),
+        "smoke": args.smoke, "hardware": hardware(torch.device(device)),
+        "command": command_line("benchmarks/train_reader_model.py", argv, ("--stories", "--out", "--results")),
         "tokenizer": encoding.name, "vocab_size": encoding.n_vocab, "data": data, "variants": results,
         "chosen": result["name"],
         "exported": {"folder": "model", "dtype": EXPORT_DTYPE, "weights_mb": weights_mb, "step": result["best_step"],

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from slmbook.config import BOOK, TINY, QwenConfig  # noqa: E402
+from slmbook.data import command_line  # noqa: E402
 from slmbook.memory import parameter_count  # noqa: E402
 from slmbook.training import Trainer  # noqa: E402
 from slmbook.training_config import TrainConfig, training_preset  # noqa: E402
@@ -222,22 +223,13 @@ def write_results(results, smoke, hw, folder, info, val, total, argv) -> Path:
     return stem
 
 
-def shown_args(argv) -> str:
-    """The command's arguments with every path flag's value shown by `shown`."""
-    out, path_flag = [], False
-    for arg in argv:
-        out.append(shown(arg) if path_flag else arg)
-        path_flag = arg in ("--data", "--runs-dir")
-    return " ".join(out)
-
-
 def report(summary: dict, argv) -> str:
     done = [r for r in summary["runs"] if "skipped" not in r]
     lines = [
         "# TinyStories training run (chapter 14)", "",
         *(["A CPU smoke run of the tiny model for a few steps: it checks that the script works, nothing more.", ""]
           if summary.get("smoke") else []),
-        f"`python benchmarks/train_tinystories_gpu.py {shown_args(argv if argv is not None else sys.argv[1:])}` on "
+        f"`{command_line('benchmarks/train_tinystories_gpu.py', argv if argv is not None else sys.argv[1:], ('--data', '--runs-dir'))}` on "
         f"{summary['hardware']['name']} ({summary['hardware']['device']}), torch {summary['torch']}; "
         f"{summary['train_stories']:,} training stories ({summary['train_tokens']:,} GPT-2 tokens), validation: "
         f"{summary['validation']['n_stories']:,} official validation stories ({summary['validation']['n_tokens']:,} tokens). "

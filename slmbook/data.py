@@ -41,6 +41,16 @@ def benchmark_results(pattern: str, folder: str | Path | None = None) -> list[Pa
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
 
+def command_line(script: str, argv: list[str], path_flags: tuple[str, ...]) -> str:
+    """`python <script> <argv>` as a results file records it: the value of each flag in `path_flags`
+    shown by its last part, so that no machine's folders end up in benchmarks/results/."""
+    shown, path_flag = [], False
+    for arg in argv:
+        shown.append(Path(arg).name or arg if path_flag else arg)
+        path_flag = arg in path_flags
+    return " ".join(["python", script, *shown])
+
+
 def split_stories(text: str) -> list[str]:
     """Stories of a text whose stories are separated by `<|endoftext|>` lines, edges stripped."""
     return [s.strip("\n") for s in text.split(EOT) if s.strip()]

@@ -86,7 +86,7 @@ def pin(keys=None) -> list[Path]:
         if _source(cell) == "".join(lines):
             continue
         cell["source"] = lines
-        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        _write(path, nb)
         changed.append(path)
     return changed
 
@@ -136,6 +136,13 @@ def resolve(key: str) -> Path:
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write(path: Path, nb: dict) -> None:
+    """Write `nb` as Jupyter does (indent 1, UTF-8), through a temporary file: never half a notebook."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
 
 
 def _source(cell: dict) -> str:
@@ -257,9 +264,7 @@ def keep_gpu_copy(executed: Path, target: Path, gpu: str, parameters: dict, seco
     nb = _without_run_metadata(_read(executed))
     nb["metadata"]["slmbook_gpu_run"] = {"gpu": gpu, "parameters": parameters, "seconds": round(seconds, 1)}
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(target)
+    _write(target, nb)
     return target
 
 
@@ -302,8 +307,7 @@ def _without_run_metadata(nb: dict) -> dict:
 
 def _strip_run_metadata(path: Path) -> None:
     """Drop papermill's timestamps so a refreshed notebook differs from the last only where outputs do."""
-    nb = _without_run_metadata(_read(path))
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write(path, _without_run_metadata(_read(path)))
 
 
 def check(path: Path) -> list[str]:

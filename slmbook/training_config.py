@@ -152,9 +152,9 @@ PRESETS = {
     # tokenizes the shipped sample with it). "reader": about a minute on 2 CPU cores, bounded by steps (not
     # time), evaluated once at the end on all 1,000 validation stories; at equal compute, 4 sequences a step
     # beat 8 and 16 (more updates; benchmarks/results/reader_cpu_preset.md). "reader-gpu": the shipped
-    # pretrained model, on all local stories (benchmarks/train_reader_model.py), keeping the best checkpoint:
-    # on ~5 M tokens it memorises after a few epochs, and a cosine to zero with weight decay 1.0 held that off
-    # best of ten recipes (benchmarks/results/reader_model.md).
+    # pretrained model, on all local stories (benchmarks/train_reader_model.py), keeping the best checkpoint.
+    # On ~5 M tokens a model memorises after a few epochs; of the recipes tried, a cosine down to zero with
+    # weight decay 1.0 held that off best (benchmarks/results/reader_model.md).
     "reader": TrainConfig(model=READER, steps=600, batch_size=4, context=256, lr=3e-3, warmup_steps=50,
                           log_interval=20, eval_interval=0, eval_batches=0, sample_tokens=80),
     "reader-gpu": TrainConfig(model=READER_GPU, steps=2500, batch_size=32, context=512, lr=2e-3, warmup_steps=100,

@@ -84,3 +84,11 @@ def test_benchmark_results_lists_matching_files_sorted_and_none_without_the_fold
     assert [p.name for p in benchmark_results("gpu_*.json", tmp_path)] == ["gpu_a.json", "gpu_b.json"]
     assert benchmark_results("gpu_*.json", tmp_path / "missing") == []
     assert any(p.name == "reader_model.json" for p in benchmark_results("reader_model.json"))  # the checkout's
+
+
+def test_command_line_shows_path_flags_by_their_last_part():
+    from slmbook.data import command_line
+
+    argv = ["--stories", "/home/someone/data/tinystories", "--steps", "10", "--out", "/tmp/run/", "--smoke"]
+    assert command_line("benchmarks/x.py", argv, ("--stories", "--out")) == (
+        "python benchmarks/x.py --stories tinystories --steps 10 --out run --smoke")
