@@ -1,7 +1,8 @@
 """Chapter 14's quality run: our Qwen trained on deduplicated TinyStories on one GPU, in minutes.
 
     python -m slmbook.prepare --stories-dir FOLDER      # once: <data home>/tinystories/local-gpt2/*.bin
-    python benchmarks/train_tinystories_gpu.py          # one GPU, about 6 minutes on an H100
+    python benchmarks/train_tinystories_gpu.py          # one GPU, about 8 minutes on an H200 for all four runs
+    python benchmarks/train_tinystories_gpu.py --runs large --add   # a run left out for time, added to the table
     python benchmarks/train_tinystories_gpu.py --smoke  # CPU, tiny model, under a minute: does it run?
 
 What limits the loss? The same number of optimizer steps (the same compute per model) is spent on
@@ -103,6 +104,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=None, help="comma-separated subset of the run names")
     p.add_argument("--time-budget", type=float, default=510, help="seconds; a run that would not fit is skipped")
     p.add_argument("--runs-dir", default=None, help="checkpoints go to <runs-dir>/<name> (default runs/, runs/smoke/)")
+    p.add_argument("--add", action="store_true",
+                   help="keep the other runs of the existing results file (same data, device and steps): "
+                        "one table of runs measured over several calls")
     args = p.parse_args(argv)
     began = time.perf_counter()
 
@@ -147,6 +151,16 @@ def main(argv=None) -> int:
     first = run_config(runs[0], args.smoke, device, 1, 1)
     windows = (info.n_tokens - 1) // first.context
     steps = 8 if args.smoke and args.epochs is None else max(1, round((args.epochs or 8) * windows / first.batch_size))
+    this_call = command_line("benchmarks/train_tinystories_gpu.py", argv if argv is not None else sys.argv[1:],
+                             ("--data", "--runs-dir"))
+    earlier = {"runs": [], "commands": [], "total_wall_s": 0.0}
+    if args.add:
+        try:
+            earlier = earlier_results(args.smoke, info, hw, steps)
+        except ValueError as error:
+            print(f"error: --add: {error}", file=sys.stderr)
+            return 2
+    calls = {"earlier": earlier, "command": this_call}
     results = []
     for run in runs:
         elapsed = time.perf_counter() - began
@@ -190,7 +204,7 @@ def main(argv=None) -> int:
             "history": history.to_dict(),
         }
         results.append(result)
-        write_results(results, args.smoke, hw, folder, info, val, time.perf_counter() - began, argv)  # kept if a later run dies
+        write_results(results, args.smoke, hw, folder, info, val, time.perf_counter() - began, calls)  # kept if a later run dies
         print(f"best val loss {best['val_loss']:.3f} nats/token ({best.get('val_bpb', float('nan')):.3f} bits/byte) at epoch "
               f"{result['best_epoch']:.1f}; final {result['final_val_loss']:.3f}; {wall:.0f} s; "
               f"{result['tokens_per_s_median']:,.0f} tokens/s", flush=True)
@@ -201,39 +215,82 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     total = time.perf_counter() - began
-    stem = write_results(results, args.smoke, hw, folder, info, val, total, argv)
+    stem = write_results(results, args.smoke, hw, folder, info, val, total, calls)
     print(f"\n{stem.with_suffix('.md').read_text()}\nwrote {stem}.md/.json/.png in {total:.0f} s total")
     return 0
 
 
-def write_results(results, smoke, hw, folder, info, val, total, argv) -> Path:
-    """benchmarks/results/training_tinystories{,_smoke}.{md,json,png} for the runs so far."""
+def results_stem(smoke: bool) -> Path:
+    return RESULTS / ("training_tinystories_smoke" if smoke else "training_tinystories")
+
+
+def earlier_results(smoke: bool, info, hw: dict, steps: int) -> dict:
+    """What --add keeps of the results file: its measured runs, each until this call measures it again.
+
+    Runs are only comparable on the same training data, device and number of steps, so anything else
+    is refused rather than mixed into one table.
+    """
+    path = results_stem(smoke).with_suffix(".json")
+    if not path.exists():
+        raise ValueError(f"{shown(path)} does not exist; run without --add first")
+    summary = json.loads(path.read_text())
+    theirs = (summary.get("train_tokens"), summary.get("hardware", {}).get("name"))
+    if theirs != (info.n_tokens, hw["name"]):
+        raise ValueError(f"{shown(path)} was measured with {theirs[0]:,} training tokens on {theirs[1]}; this call has "
+                         f"{info.n_tokens:,} tokens on {hw['name']}: runs are only added to the same data and device")
+    kept = [r for r in summary["runs"] if "skipped" not in r]
+    other_steps = sorted({r["steps"] for r in kept} - {steps})
+    if other_steps:
+        raise ValueError(f"{shown(path)} holds runs of {other_steps} steps; this call trains {steps} steps "
+                         f"(set --epochs as that call did)")
+    commands = summary.get("commands") or [recorded_command(path.with_suffix(".md"))]
+    return {"runs": kept, "commands": commands, "total_wall_s": summary["total_wall_s"]}
+
+
+def recorded_command(md: Path) -> str:
+    """The command a results file written before 'commands' was kept in its JSON names in its Markdown."""
+    for line in md.read_text().splitlines():
+        if line.startswith("`python "):
+            return line[1:line.index("`", 1)]
+    raise ValueError(f"{shown(md)} names no command")
+
+
+def write_results(results, smoke, hw, folder, info, val, total, calls) -> Path:
+    """benchmarks/results/training_tinystories{,_smoke}.{md,json,png} for the runs so far (with --add, and earlier calls')."""
     from slmbook.dataloader import read_token_file
 
-    stem = RESULTS / ("training_tinystories_smoke" if smoke else "training_tinystories")
+    stem = results_stem(smoke)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    order = [r.name for r in (SMOKE_RUNS if smoke else FULL_RUNS)]
+    earlier = {r["name"]: r for r in calls["earlier"]["runs"]}
+    measured = {r["name"] for r in results if "skipped" not in r}
+    results = sorted([r for r in results if r["name"] in measured or r["name"] not in earlier]
+                     + [r for name, r in earlier.items() if name not in measured], key=lambda r: order.index(r["name"]))
     plot(results, stem.with_suffix(".png"))
     validation = {**read_token_file(val)[1].__dict__}
     validation["path"] = shown(validation["path"])
     summary = {"smoke": smoke, "hardware": hw, "torch": torch.__version__, "data": shown(folder),
                "train_stories": info.n_stories, "train_tokens": info.n_tokens, "validation": validation,
-               "total_wall_s": total, "runs": results}
+               "total_wall_s": calls["earlier"]["total_wall_s"] + total,
+               "commands": [*calls["earlier"]["commands"], calls["command"]], "runs": results}
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    stem.with_suffix(".md").write_text(report(summary, argv))
+    stem.with_suffix(".md").write_text(report(summary))
     return stem
 
 
-def report(summary: dict, argv) -> str:
+def report(summary: dict) -> str:
     done = [r for r in summary["runs"] if "skipped" not in r]
+    commands = " then ".join(f"`{c}`" for c in summary["commands"])
+    calls = len(summary["commands"])
     lines = [
         "# TinyStories training run (chapter 14)", "",
         *(["A CPU smoke run of the tiny model for a few steps: it checks that the script works, nothing more.", ""]
           if summary.get("smoke") else []),
-        f"`{command_line('benchmarks/train_tinystories_gpu.py', argv if argv is not None else sys.argv[1:], ('--data', '--runs-dir'))}` on "
+        f"{commands} on "
         f"{summary['hardware']['name']} ({summary['hardware']['device']}), torch {summary['torch']}; "
         f"{summary['train_stories']:,} training stories ({summary['train_tokens']:,} GPT-2 tokens), validation: "
         f"{summary['validation']['n_stories']:,} official validation stories ({summary['validation']['n_tokens']:,} tokens). "
-        f"Total wall time {summary['total_wall_s']:.0f} s.", "",
+        f"Total wall time {summary['total_wall_s']:.0f} s" + (f" over {calls} calls." if calls > 1 else "."), "",
         "| run | parameters | training tokens | tokens seen | epochs | best val loss (nats/token) | best val bits/byte | "
         "at epoch | final val loss | final train loss | tokens/s | MFU | wall (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -97,8 +97,42 @@ def kernel_equals_the_torch_expression(dtype):
     assert torch.all(got_g[:, 1000:] == 0)
 
 
+if fused_loss.triton is not None:
+    tl = fused_loss.tl
+
+    @fused_loss.triton.jit
+    def _count_to(out_ptr, n):
+        """A loop to a bound passed at run time, the shape of the kernel's passes, and nothing else."""
+        total = 0
+        for _ in range(0, n, 1):
+            total += 1
+        tl.store(out_ptr, total)
+
+
+def interpreter_loops_to_runtime_bounds() -> str | None:
+    """None if Triton's interpreter runs `_count_to`, else why not (a bug of the interpreter, not of ours).
+
+    Seen on a GPU machine: triton 3.6's interpreter converts a scalar argument with int() of a
+    one-element array, which new NumPy releases refuse ("only 0-dimensional arrays can be converted").
+    """
+    import numpy
+
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        _count_to[(1,)](out, 5)
+    except Exception as error:  # the interpreter wraps what failed in an InterpreterError
+        return (f"triton {fused_loss.triton.__version__}'s interpreter cannot loop to a run-time bound with numpy "
+                f"{numpy.__version__}: {error}")
+    assert out.item() == 5, out
+    return None
+
+
 def interpreted_checks():
     assert os.environ.get("TRITON_INTERPRET") == "1"
+    broken = interpreter_loops_to_runtime_bounds()
+    if broken:
+        print(f"interpreter unusable: {broken}")
+        return
     kernel_equals_the_torch_expression(torch.float32)
     kernel_equals_the_torch_expression(torch.bfloat16)
     check_against_cross_entropy(32, "triton", *problem(tokens=40, vocab=300))  # the whole fused loss
@@ -111,4 +145,6 @@ def test_triton_kernel_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent)] + sys.path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    if "interpreter unusable:" in done.stdout:  # a loop of five steps failed: nothing of the kernel was tried
+        pytest.skip(done.stdout.split("interpreter unusable:", 1)[1].strip())
     assert "interpreted checks passed" in done.stdout
