@@ -236,7 +236,7 @@ def earlier_results(smoke: bool, info, hw: dict, steps: int) -> dict:
     summary = json.loads(path.read_text())
     theirs = (summary.get("train_tokens"), summary.get("hardware", {}).get("name"))
     if theirs != (info.n_tokens, hw["name"]):
-        raise ValueError(f"{shown(path)} was measured with {theirs[0]:,} training tokens on {theirs[1]}; this call has "
+        raise ValueError(f"{shown(path)} was measured with {theirs[0]} training tokens on {theirs[1]}; this call has "
                          f"{info.n_tokens:,} tokens on {hw['name']}: runs are only added to the same data and device")
     kept = [r for r in summary["runs"] if "skipped" not in r]
     other_steps = sorted({r["steps"] for r in kept} - {steps})

@@ -46,6 +46,13 @@ def test_add_gathers_runs_of_two_calls(bench, tmp_path, capsys):
     assert "steps" in capsys.readouterr().err
     assert (tmp_path / "results" / "training_tinystories_smoke.json").read_text() == before
 
+    # ... and so would runs measured on another device
+    other = json.loads(before)
+    other["hardware"]["name"] = "NVIDIA H200"
+    (tmp_path / "results" / "training_tinystories_smoke.json").write_text(json.dumps(other))
+    assert bench.main(["--smoke", "--runs", "tiny", "--add", "--runs-dir", runs]) == 2
+    assert "only added to the same data and device" in capsys.readouterr().err
+
 
 def test_add_without_results_file_is_refused(bench, tmp_path, capsys):
     assert bench.main(["--smoke", "--runs", "tiny", "--add", "--runs-dir", str(tmp_path / "runs")]) == 2
