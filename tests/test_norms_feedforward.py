@@ -230,6 +230,28 @@ def test_train_stack_first_step_is_adamw_on_the_first_batch():
         torch.testing.assert_close(p, q, msg=name)
 
 
+def test_train_stack_gradient_norms_are_the_mean_over_its_steps():
+    """Three AdamW steps by hand: the returned norms are each block's mean over the three steps."""
+    tokens = torch.randint(0, 13, (200,), generator=torch.Generator().manual_seed(3))
+    model = FeedForwardStack(13, 4, 3, 8)
+    model.init_weights(std=0.1, seed=0)
+    reference = FeedForwardStack(13, 4, 3, 8)
+    reference.load_state_dict(model.state_dict())
+    result = train_stack(model, tokens, steps=3, batch_size=5, lr=1e-2, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
+    per_step = []
+    for _ in range(3):
+        starts = torch.randint(0, 200 - 4, (5,), generator=generator)
+        windows = torch.stack([tokens[s:s + 5] for s in starts.tolist()])
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(reference(windows[:, :4]), windows[:, 4]).backward()
+        per_step.append(block_gradient_norms(reference))
+        optimizer.step()
+    assert result["gradient norms"] == pytest.approx([sum(b) / 3 for b in zip(*per_step, strict=True)], rel=1e-6)
+    assert result["gradient norms"] != pytest.approx(per_step[-1], rel=1e-3)  # not the last step's
+
+
 def test_residual_stack_learns_a_pattern_the_plain_stack_cannot():
     """The chapter's claim at test size: 12 blocks, a periodic sequence; with residuals the loss
     falls far below the uniform guess, without them it stays near it."""
