@@ -144,8 +144,9 @@ def train_stack(model: FeedForwardStack, tokens: torch.Tensor, steps: int, batch
     Returns {"loss": the loss of every step (each on a fresh batch, before its update),
     "gradient norms": `block_gradient_norms` averaged over all steps}. One step's norms are noise: at
     the last step of chapter 10's plain stack, the top block got 848x the bottom one's gradient on one
-    CPU and 0.4x on another (different vector kernels). Averaged over the run, both CPUs agree: the
-    strongest block gets about 67x the weakest one's gradient without residuals, 11-14x with them.
+    CPU and 0.4x on another (different vector kernels). Averaged over the run, AVX2 kernels and plain
+    ones (ATEN_CPU_CAPABILITY=default) agree: the strongest block gets about 67x the weakest one's
+    gradient without residuals, 11-14x with them.
     The windows come from `seed`, so two models trained with the same seed see the same batches in
     the same order.
     threads: CPU threads for the run (restored afterwards; None keeps the current setting). Each
