@@ -243,16 +243,7 @@ def earlier_results(smoke: bool, info, hw: dict, steps: int) -> dict:
     if other_steps:
         raise ValueError(f"{shown(path)} holds runs of {other_steps} steps; this call trains {steps} steps "
                          f"(set --epochs as that call did)")
-    commands = summary.get("commands") or [recorded_command(path.with_suffix(".md"))]
-    return {"runs": kept, "commands": commands, "total_wall_s": summary["total_wall_s"]}
-
-
-def recorded_command(md: Path) -> str:
-    """The command a results file written before 'commands' was kept in its JSON names in its Markdown."""
-    for line in md.read_text().splitlines():
-        if line.startswith("`python "):
-            return line[1:line.index("`", 1)]
-    raise ValueError(f"{shown(md)} names no command")
+    return {"runs": kept, "commands": summary.get("commands", []), "total_wall_s": summary["total_wall_s"]}
 
 
 def write_results(results, smoke, hw, folder, info, val, total, calls) -> Path:

@@ -209,29 +209,9 @@ def test_both_stacks_have_the_same_parameters():
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
-def test_train_stack_first_step_is_adamw_on_the_first_batch():
-    """One step of train_stack against torch.optim.AdamW run by hand on the same windows."""
-    tokens = torch.randint(0, 13, (200,), generator=torch.Generator().manual_seed(3))
-    model = FeedForwardStack(13, 4, 2, 8)
-    model.init_weights(std=0.1, seed=0)
-    reference = FeedForwardStack(13, 4, 2, 8)
-    reference.load_state_dict(model.state_dict())
-    result = train_stack(model, tokens, steps=1, batch_size=5, lr=1e-2, seed=7)
-    starts = torch.randint(0, 200 - 4, (5,), generator=torch.Generator().manual_seed(7))
-    windows = torch.stack([tokens[s:s + 5] for s in starts.tolist()])
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
-    loss = torch.nn.functional.cross_entropy(reference(windows[:, :4]), windows[:, 4])
-    loss.backward()
-    expected_norms = block_gradient_norms(reference)
-    optimizer.step()
-    assert result["loss"] == [pytest.approx(loss.item(), rel=1e-6)]
-    assert result["gradient norms"] == pytest.approx(expected_norms, rel=1e-6)
-    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(p, q, msg=name)
-
-
-def test_train_stack_gradient_norms_are_the_mean_over_its_steps():
-    """Three AdamW steps by hand: the returned norms are each block's mean over the three steps."""
+def test_train_stack_is_adamw_run_by_hand():
+    """Three steps of train_stack against torch.optim.AdamW run by hand on the same windows: the same
+    losses, the same weights after, and gradient norms that are each block's mean over the steps."""
     tokens = torch.randint(0, 13, (200,), generator=torch.Generator().manual_seed(3))
     model = FeedForwardStack(13, 4, 3, 8)
     model.init_weights(std=0.1, seed=0)
@@ -240,16 +220,21 @@ def test_train_stack_gradient_norms_are_the_mean_over_its_steps():
     result = train_stack(model, tokens, steps=3, batch_size=5, lr=1e-2, seed=7)
     generator = torch.Generator().manual_seed(7)
     optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
-    per_step = []
+    losses, per_step = [], []
     for _ in range(3):
         starts = torch.randint(0, 200 - 4, (5,), generator=generator)
         windows = torch.stack([tokens[s:s + 5] for s in starts.tolist()])
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(reference(windows[:, :4]), windows[:, 4]).backward()
+        loss = torch.nn.functional.cross_entropy(reference(windows[:, :4]), windows[:, 4])
+        loss.backward()
+        losses.append(loss.item())
         per_step.append(block_gradient_norms(reference))
         optimizer.step()
+    assert result["loss"] == pytest.approx(losses, rel=1e-6)
     assert result["gradient norms"] == pytest.approx([sum(b) / 3 for b in zip(*per_step, strict=True)], rel=1e-6)
-    assert result["gradient norms"] != pytest.approx(per_step[-1], rel=1e-3)  # not the last step's
+    assert result["gradient norms"] != pytest.approx(per_step[-1], rel=1e-3)  # the mean, not the last step's
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
 
 
 def test_residual_stack_learns_a_pattern_the_plain_stack_cannot():

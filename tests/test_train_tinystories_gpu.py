@@ -59,9 +59,3 @@ def test_add_without_results_file_is_refused(bench, tmp_path, capsys):
     assert "run without --add first" in capsys.readouterr().err
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
-
-def test_recorded_command_of_older_results_file(bench, tmp_path):
-    md = tmp_path / "old.md"
-    md.write_text("# TinyStories training run (chapter 14)\n\n`python benchmarks/train_tinystories_gpu.py --time-budget 475` "
-                  "on NVIDIA H200 (cuda), torch 2.11.0+cu130; ...\n")
-    assert bench.recorded_command(md) == "python benchmarks/train_tinystories_gpu.py --time-budget 475"
